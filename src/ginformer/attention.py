@@ -1,0 +1,210 @@
+"""GIN-Attention and PNA-Attention: drop-in replacements for a Llama attention layer.
+
+Standard attention aggregates values linearly, Y_h = A_h·V_h. Here the same adjacency feeds a graph network:
+
+    GIN:  X'_h = MLP_h(s·X_h + A'_h·X_h)                    s = 1 + ε (GIN) or ε (the paper's code)
+    PNA:  X'_h = MLP_h([aggregators × scalers](A'_h, X_h)),  Y_h = (1 − λ)·A_h V_h + λ·X'_h
+    Y = concat_h(X'_h)·W_O  (W_O optional)
+
+                 ┌──── q, k ──► A' = causal(refine(activation(q·kᵀ/√d)) + A_ext)
+    hidden ──────┤                                   │
+                 └──── X (v_proj, or the head's slice of hidden) ──► GIN / PNA ──► [o_proj] ──► out
+
+Both classes subclass ``LlamaAttention`` and keep its projections, RoPE and KV cache; they replace only the
+aggregation. The KV cache stores the node features X in the value slot, so cached generation sees exactly the
+features an uncached forward would.
+"""
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from transformers.models.llama.modeling_llama import LlamaAttention, apply_rotary_pos_emb, repeat_kv
+
+from ginformer import graph
+from ginformer.gnn import HeadwiseMLP, gin_aggregate, pna_aggregate
+
+
+def allowed_edges(attention_mask: torch.Tensor | None, t_q: int, t_k: int, device: torch.device) -> torch.Tensor:
+    """Boolean (B or 1, 1, T_q, T_k) edge mask: transformers' mask (bool, or additive float) and causality."""
+    causal = graph.causal_mask(t_q, t_k, device)
+    if attention_mask is None:
+        return causal[None, None]
+    if attention_mask.dtype != torch.bool:
+        attention_mask = attention_mask == 0  # additive masks hold 0 where attending, a large negative elsewhere
+    return attention_mask[..., -t_q:, -t_k:] & causal
+
+
+def logit(probability: float) -> float:
+    return math.log(probability / (1 - probability))
+
+
+def _scalar(value: float, trainable: bool) -> nn.Parameter:
+    return nn.Parameter(torch.tensor(float(value)), requires_grad=trainable)
+
+
+class GraphAttention(LlamaAttention):
+    """Shared machinery: projections, adjacency parameters, node features, cache, output projection."""
+
+    def __init__(self, config, layer_idx: int):
+        super().__init__(config, layer_idx)
+        self.num_heads = config.num_attention_heads
+        self.sharpening = _scalar(config.sharpening_init, config.learn_sharpening)  # α
+        self.sharpness = _scalar(config.sharpness_init, config.learn_sharpness)  # β
+        self.threshold = _scalar(config.threshold_init, config.learn_threshold)  # τ
+        if config.node_features == "hidden_slice":
+            self.v_proj = None
+        if not config.use_o_proj:
+            self.o_proj = nn.Identity()
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        attention_mask: torch.Tensor | None = None,
+        past_key_values=None,
+        graph_adjacency: torch.Tensor | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        bsz, t_q, _ = hidden_states.shape
+        hidden_shape = (bsz, t_q, -1, self.head_dim)
+        query = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)  # (B, H, T_q, D)
+        key = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)  # (B, H_kv, T_q, D)
+        if self.v_proj is None:
+            nodes = hidden_states.view(hidden_shape).transpose(1, 2)  # (B, H, T_q, D): each head's slice
+        else:
+            nodes = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)  # (B, H_kv, T_q, D)
+        cos, sin = position_embeddings
+        query, key = apply_rotary_pos_emb(query, key, cos, sin)
+        if past_key_values is not None:
+            key, nodes = past_key_values.update(key, nodes, self.layer_idx)  # (B, ·, T_k, D)
+
+        output, adjacency = self.aggregate(query, key, nodes, attention_mask, graph_adjacency)  # (B, H, T_q, D)
+        output = output.transpose(1, 2).reshape(bsz, t_q, -1)  # (B, T_q, H·D)
+        return self.o_proj(output), adjacency
+
+    def per_head(self, tensor: torch.Tensor) -> torch.Tensor:
+        """(B, H_kv or H, T, D) → (B, H, T, D): key/value heads shared by a query group are repeated."""
+        return repeat_kv(tensor, self.num_heads // tensor.shape[1])
+
+    def dense_adjacency(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        graph_adjacency: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The full pipeline of :mod:`ginformer.graph`, materialised as (B, H, T_q, T_k)."""
+        config = self.config
+        allowed = allowed_edges(attention_mask, query.shape[-2], key.shape[-2], query.device)
+        scores = (query @ self.per_head(key).transpose(-1, -2)) * self.scaling  # (B, H, T_q, T_k)
+        adjacency = graph.activate(
+            scores,
+            allowed,
+            config.adjacency_activation,
+            sharpening=self.sharpening,
+            sharpness=self.sharpness,
+            threshold=self.threshold,
+        )
+        adjacency = graph.refine(
+            adjacency, config.refinement, threshold=config.refinement_threshold, top_k=config.adjacency_top_k
+        )
+        return graph.add_external(adjacency, graph_adjacency, allowed)
+
+    def softmax_messages(self, query, key, nodes, attention_mask, sharpening) -> torch.Tensor:
+        """softmax(α·q·kᵀ/√d)·X through SDPA with α folded into q: no (T_q, T_k) matrix is kept."""
+        t_q, t_k = query.shape[-2], key.shape[-2]
+        mask, is_causal = attention_mask, False
+        if mask is None:
+            if t_q == t_k:
+                is_causal = True
+            elif t_q > 1:
+                mask = graph.causal_mask(t_q, t_k, query.device)
+        elif mask.dtype == torch.bool:
+            mask = mask[..., -t_q:, -t_k:]
+        else:
+            mask = mask[..., -t_q:, -t_k:].to(query.dtype)
+        return F.scaled_dot_product_attention(
+            query * sharpening,
+            self.per_head(key),
+            self.per_head(nodes),
+            attn_mask=mask,
+            is_causal=is_causal,
+            scale=self.scaling,
+        )
+
+    def aggregate(self, query, key, nodes, attention_mask, graph_adjacency):
+        raise NotImplementedError
+
+
+class GINAttention(GraphAttention):
+    """X'_h = MLP_h(s·X_h + A'_h·X_h), every head's MLP in one batched operation."""
+
+    def __init__(self, config, layer_idx: int):
+        super().__init__(config, layer_idx)
+        self.gin_eps = _scalar(config.gin_eps_init, config.learn_gin_eps)
+        self.mlp = HeadwiseMLP(
+            self.num_heads,
+            self.head_dim,
+            max(1, round(config.gin_mlp_multiplier * self.head_dim)),
+            self.head_dim,
+            norm_eps=config.rms_norm_eps,
+            dropout=config.gin_mlp_dropout,
+        )
+
+    @property
+    def self_weight(self) -> torch.Tensor:
+        return 1 + self.gin_eps if self.config.gin_self_term == "one_plus_eps" else self.gin_eps
+
+    @property
+    def uses_fast_path(self) -> bool:
+        return self.config.adjacency_activation == "softmax" and self.config.refinement == "none"
+
+    def aggregate(self, query, key, nodes, attention_mask, graph_adjacency):
+        t_q = query.shape[-2]
+        x_self = self.per_head(nodes[..., -t_q:, :])  # (B, H, T_q, D)
+        if not self.uses_fast_path:
+            adjacency = self.dense_adjacency(query, key, attention_mask, graph_adjacency)  # (B, H, T_q, T_k)
+            return self.mlp(gin_aggregate(x_self, self.per_head(nodes), adjacency, self.self_weight)), adjacency
+        neighbours = self.softmax_messages(query, key, nodes, attention_mask, self.sharpening.to(query.dtype))  # (B, H, T_q, D)
+        if graph_adjacency is not None:
+            allowed = allowed_edges(attention_mask, t_q, key.shape[-2], query.device)
+            external = graph.external_edges(graph_adjacency.to(query.dtype), allowed)  # (B, 1 or H, T_q, T_k)
+            neighbours = neighbours + external @ self.per_head(nodes)
+        # The same sum as gnn.gin_aggregate, with A'·X computed by SDPA.
+        return self.mlp(self.self_weight * x_self + neighbours), None
+
+
+class PNAAttention(GraphAttention):
+    """X'_h = MLP_h(PNA(A'_h, X_h)), blended with standard attention: Y_h = (1 − λ)·softmax(q·kᵀ/√d)·X_h + λ·X'_h.
+
+    λ = sigmoid(ℓ) with a learnable logit ℓ keeps the blend inside [0, 1] without clipping its gradient.
+    """
+
+    def __init__(self, config, layer_idx: int):
+        super().__init__(config, layer_idx)
+        features = len(config.pna_aggregators) * len(config.pna_scalers) * self.head_dim
+        self.mlp = HeadwiseMLP(
+            self.num_heads,
+            features,
+            max(1, round(config.pna_mlp_multiplier * self.head_dim)),
+            self.head_dim,
+            use_norm=False,
+            dropout=config.gin_mlp_dropout,
+        )
+        self.blend_logit = _scalar(logit(config.pna_blend_init), config.learn_pna_blend)
+
+    @property
+    def blend(self) -> torch.Tensor:
+        return torch.sigmoid(self.blend_logit)
+
+    def aggregate(self, query, key, nodes, attention_mask, graph_adjacency):
+        config = self.config
+        adjacency = self.dense_adjacency(query, key, attention_mask, graph_adjacency)  # (B, H, T_q, T_k)
+        features = pna_aggregate(
+            self.per_head(nodes), adjacency, config.pna_aggregators, config.pna_scalers, config.pna_degree_delta
+        )  # (B, H, T_q, S·G·D)
+        standard = self.softmax_messages(query, key, nodes, attention_mask, 1.0)  # (B, H, T_q, D)
+        blend = self.blend.to(query.dtype)
+        return (1 - blend) * standard + blend * self.mlp(features), adjacency
