@@ -1,0 +1,129 @@
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+from ginformer import GinformerConfig, GinformerForCausalLM, count_parameters, size_config
+from ginformer.attention import GINAttention, PNAAttention
+from ginformer.sizing import config_parameters
+from test_attention import OPTIONS, tiny_config
+
+GENERATION_CASES = [("standard", "fast_softmax")] + [
+    (kind, name) for kind in ("gin", "pna") for name in ("fast_softmax", "sigmoid", "top_k", "hidden_slice", "gqa")
+]
+
+
+def test_standard_kind_is_exactly_llama():
+    config = tiny_config("standard", num_key_value_heads=2)
+    torch.manual_seed(0)
+    ours = GinformerForCausalLM(config).eval()
+    llama = LlamaForCausalLM(LlamaConfig(**{k: v for k, v in config.to_dict().items() if k in LlamaConfig.__dataclass_fields__})).eval()
+    missing, unexpected = llama.load_state_dict(ours.state_dict(), strict=True)
+    tokens = torch.randint(0, config.vocab_size, (2, 11))
+    with torch.no_grad():
+        assert torch.equal(ours(tokens).logits, llama(tokens).logits)
+
+
+def test_per_layer_kinds_build_the_right_modules():
+    config = tiny_config(["pna", "gin"])
+    model = GinformerForCausalLM(config)
+    assert isinstance(model.model.layers[0].self_attn, PNAAttention)
+    assert isinstance(model.model.layers[1].self_attn, GINAttention)
+    assert model.graph_parameters()["pna_blend"][0] == pytest.approx(0.5)
+    assert model.graph_parameters()["gin_eps"] == [None, 0.0]
+
+
+@pytest.mark.parametrize("kind", ["standard", "gin", "pna"])
+def test_save_and_auto_load_give_identical_logits(kind, tmp_path):
+    config = tiny_config(kind, sharpening_init=1.7)
+    torch.manual_seed(0)
+    model = GinformerForCausalLM(config).eval()
+    model.save_pretrained(tmp_path)
+    assert AutoConfig.from_pretrained(tmp_path).model_type == "ginformer"
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert type(loaded) is GinformerForCausalLM
+    tokens = torch.randint(0, config.vocab_size, (2, 8))
+    with torch.no_grad():
+        assert torch.equal(model(tokens).logits, loaded(tokens).logits)
+    if kind != "standard":
+        assert loaded.graph_parameters()["sharpening"] == pytest.approx([1.7, 1.7])
+
+
+@pytest.mark.parametrize("kind,option", GENERATION_CASES)
+def test_cached_generation_equals_uncached(kind, option):
+    config = tiny_config(kind, **OPTIONS[option])
+    torch.manual_seed(1)
+    model = GinformerForCausalLM(config).eval()
+    with torch.no_grad():  # make the graph branch matter: GIN/PNA outputs are small at init
+        for name, parameter in model.named_parameters():
+            if "mlp.w_" in name:
+                parameter.mul_(20)
+    prompt = torch.randint(0, config.vocab_size, (2, 5))
+    settings = dict(max_new_tokens=12, do_sample=False, pad_token_id=0)
+    cached = model.generate(prompt, use_cache=True, **settings)
+    uncached = model.generate(prompt, use_cache=False, **settings)
+    assert torch.equal(cached, uncached)
+    # and the cached logits agree with a full forward, not just the argmax
+    with torch.no_grad():
+        full = model(cached).logits
+        out = model(cached[:, :7], use_cache=True)
+        step = model(cached[:, 7:9], past_key_values=out.past_key_values).logits
+    torch.testing.assert_close(step, full[:, 7:9], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "options,field",
+    [
+        (dict(hidden_size=30), "hidden_size"),
+        (dict(num_key_value_heads=3), "num_key_value_heads"),
+        (dict(attention_kind="gat"), "attention_kind"),
+        (dict(attention_kind=["gin"]), "attention_kind"),
+        (dict(adjacency_activation="tanh"), "adjacency_activation"),
+        (dict(refinement="dropout"), "refinement"),
+        (dict(adjacency_top_k=0), "adjacency_top_k"),
+        (dict(gin_mlp_multiplier=0.0), "gin_mlp_multiplier"),
+        (dict(gin_mlp_multiplier=-1.0), "gin_mlp_multiplier"),
+        (dict(gin_self_term="two"), "gin_self_term"),
+        (dict(node_features="embeddings"), "node_features"),
+        (dict(pna_aggregators=["median"]), "pna_aggregators"),
+        (dict(pna_scalers=["log"]), "pna_scalers"),
+        (dict(pna_blend_init=1.0), "pna_blend_init"),
+        (dict(gin_mlp_dropout=1.0), "gin_mlp_dropout"),
+        (dict(head_dim=16, use_o_proj=False), "use_o_proj"),
+    ],
+)
+def test_bad_configs_name_the_field(options, field):
+    with pytest.raises(ValueError, match=field):
+        tiny_config("gin", **options)
+
+
+def test_allowed_values_are_listed():
+    with pytest.raises(ValueError, match=r"\['softmax', 'sigmoid', 'sharp_softplus', 'relu'\]"):
+        tiny_config("gin", adjacency_activation="tanh")
+
+
+def test_count_parameters_counts_tied_weights_once():
+    config = tiny_config("gin", tie_word_embeddings=True)
+    model = GinformerForCausalLM(config)
+    assert count_parameters(model) == sum(p.numel() for p in model.parameters())
+    assert count_parameters(model) == config_parameters(config)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    trainable_before = count_parameters(model, trainable_only=True)
+    model.model.embed_tokens.weight.requires_grad_(False)
+    assert count_parameters(model, trainable_only=True) == trainable_before - 37 * 32
+
+
+@pytest.mark.parametrize("kind", ["standard", "gin", "pna"])
+def test_size_config_reaches_the_target(kind):
+    base = GinformerConfig(vocab_size=40, hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4, attention_kind=kind)
+    sized = size_config(base, 400_000)
+    assert abs(config_parameters(sized) - 400_000) <= 0.05 * 400_000
+    assert sized.head_dim * sized.num_attention_heads == sized.hidden_size
+    assert sized.intermediate_size / sized.hidden_size == pytest.approx(3.0, rel=0.02)
+    fixed_ffn = size_config(base, 400_000, scale_intermediate=False)
+    assert fixed_ffn.intermediate_size == 192
+
+
+def test_size_config_rejects_unreachable_targets():
+    base = tiny_config("gin")
+    with pytest.raises(ValueError, match="target_params"):
+        size_config(base, 10, tolerance=0.01)
