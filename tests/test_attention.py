@@ -135,3 +135,20 @@ def test_external_adjacency_reaches_the_output_causally():
     torch.testing.assert_close(plain[:, :4], with_edge[:, :4])
     assert not torch.allclose(plain[:, 4:], with_edge[:, 4:])
     torch.testing.assert_close(with_edge, with_future_edge)
+
+
+@pytest.mark.parametrize("option", ["fast_softmax", "gqa", "sigmoid", "top_k"])
+def test_inspection_adjacency_matches_naive(option):
+    from reference import naive_adjacency
+
+    config = tiny_config("gin", **OPTIONS[option])
+    layer = attention_layer(config)
+    hidden, position_embeddings = layer_inputs(config)
+    adjacency = layer.adjacency(hidden, position_embeddings)  # (B, H, T, T)
+    query, key, _ = layer.project(hidden, position_embeddings)
+    key = layer.per_head(key)
+    for b in range(2):
+        for h in range(config.num_attention_heads):
+            scores = query[b, h] @ key[b, h].T * layer.scaling
+            torch.testing.assert_close(adjacency[b, h], naive_adjacency(scores, config, layer), atol=1e-6, rtol=1e-6)
+    assert (adjacency.triu(1) == 0).all()

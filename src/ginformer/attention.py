@@ -68,21 +68,32 @@ class GraphAttention(LlamaAttention):
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         bsz, t_q, _ = hidden_states.shape
-        hidden_shape = (bsz, t_q, -1, self.head_dim)
-        query = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)  # (B, H, T_q, D)
-        key = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)  # (B, H_kv, T_q, D)
-        if self.v_proj is None:
-            nodes = hidden_states.view(hidden_shape).transpose(1, 2)  # (B, H, T_q, D): each head's slice
-        else:
-            nodes = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)  # (B, H_kv, T_q, D)
-        cos, sin = position_embeddings
-        query, key = apply_rotary_pos_emb(query, key, cos, sin)
+        query, key, nodes = self.project(hidden_states, position_embeddings)
         if past_key_values is not None:
             key, nodes = past_key_values.update(key, nodes, self.layer_idx)  # (B, ·, T_k, D)
 
         output, adjacency = self.aggregate(query, key, nodes, attention_mask, graph_adjacency)  # (B, H, T_q, D)
         output = output.transpose(1, 2).reshape(bsz, t_q, -1)  # (B, T_q, H·D)
         return self.o_proj(output), adjacency
+
+    def project(self, hidden_states, position_embeddings) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries (B, H, T, D) and keys (B, H_kv, T, D) with RoPE, and node features (B, H_kv or H, T, D)."""
+        hidden_shape = (*hidden_states.shape[:-1], -1, self.head_dim)
+        query = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        key = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        if self.v_proj is None:
+            nodes = hidden_states.view(hidden_shape).transpose(1, 2)  # each head's slice of the hidden state
+        else:
+            nodes = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        cos, sin = position_embeddings
+        query, key = apply_rotary_pos_emb(query, key, cos, sin)
+        return query, key, nodes
+
+    def adjacency(self, hidden_states, position_embeddings, attention_mask=None, graph_adjacency=None) -> torch.Tensor:
+        """The layer's adjacency A' (B, H, T, T) for a whole sequence, for inspection; forward never needs it whole
+        on the fast path."""
+        query, key, _ = self.project(hidden_states, position_embeddings)
+        return self.dense_adjacency(query, key, attention_mask, graph_adjacency)
 
     def per_head(self, tensor: torch.Tensor) -> torch.Tensor:
         """(B, H_kv or H, T, D) → (B, H, T, D): key/value heads shared by a query group are repeated."""
