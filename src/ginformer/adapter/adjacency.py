@@ -1,0 +1,128 @@
+"""The Sparse-GIN graph of one decoder layer, as pure functions of tensors.
+
+Notation: a layer's queries are the LAST T_q of its T_k key positions (T_q < T_k with a KV cache), so
+query row i sits at absolute position i + (T_k - T_q). Entry [b, i, j] of every adjacency here is the
+weight of the edge j -> i: the message that token j sends to token i, allowed only for j <= i (causal).
+
+    A_h     = softmax(q_h k_hᵀ · scaling + mask)                 per head h           (B, T_q, T_k)
+    A_agg   = min(1, Σ_h A_h)  |  mean_h A_h  |  max_h A_h       head aggregation     (B, T_q, T_k)
+    A'      = sigmoid(α (min(1, A_agg + G) − τ)), 0 where ≤ ε    sharpen + sparsify   (B, T_q, T_k)
+
+G is an optional external graph (zero when absent). No function here ever holds B x H x T_q x T_k.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def causal_edges(q_len: int, k_len: int, device: torch.device | None = None) -> Tensor:
+    """edges[i, j] = j <= i + (T_k - T_q): key j is not in query i's future.  (T_q, T_k) bool"""
+    rows = torch.arange(q_len, device=device)[:, None] + (k_len - q_len)
+    return torch.arange(k_len, device=device)[None, :] <= rows
+
+
+def self_edges(q_len: int, k_len: int, device: torch.device | None = None) -> Tensor:
+    """edges[i, j] = j == i + (T_k - T_q): the self-loop of each query.  (T_q, T_k) bool"""
+    rows = torch.arange(q_len, device=device)[:, None] + (k_len - q_len)
+    return torch.arange(k_len, device=device)[None, :] == rows
+
+
+def allowed_edges(attention_mask: Tensor | None, q_len: int, k_len: int, device: torch.device) -> Tensor:
+    """Edges the attention mask permits, intersected with the causal constraint.  (B or 1, T_q, T_k) bool
+
+    allowed[b, i, j] = mask permits (b, i, j)  and  j <= i + (T_k - T_q)
+
+    `attention_mask` comes as transformers hands it to an attention function: None (plain causal,
+    sdpa's is_causal path), bool (B, 1, T_q, T_k) with True = attend (sdpa), or float additive
+    (B, 1, T_q, T_k) with 0 = attend and the dtype's minimum = masked (eager).
+    """
+    causal = causal_edges(q_len, k_len, device)[None]  # (1, T_q, T_k)
+    if attention_mask is None:
+        return causal
+    if attention_mask.dim() != 4 or attention_mask.shape[1] != 1 or attention_mask.shape[-2:] != (q_len, k_len):
+        raise ValueError(
+            f"attention_mask of shape {tuple(attention_mask.shape)}: expected (B, 1, {q_len}, {k_len}) "
+            "(one mask shared by all heads, as transformers' sdpa and eager masks are)"
+        )
+    if attention_mask.dtype == torch.bool:
+        permitted = attention_mask[:, 0]
+    else:
+        permitted = attention_mask[:, 0] > torch.finfo(attention_mask.dtype).min / 2
+    return permitted & causal
+
+
+def head_aggregated_attention(
+    query: Tensor, key: Tensor, attention_mask: Tensor | None, scaling: float, aggregation: str = "sum"
+) -> tuple[Tensor, Tensor]:
+    """Aggregate a layer's per-head attention probabilities into one adjacency, head group by head group.
+
+    A_agg = min(1, Σ_h A_h) ("sum"),  (1/H) Σ_h A_h ("mean"),  max_h A_h ("max"),  0 on forbidden edges,
+    with A_h = softmax_j(q_h,i · k_g(h),j · scaling + mask_ij) and g(h) = h // (H / H_kv) the key head
+    that query head h shares under grouped-query attention (what `repeat_kv` does, without copying).
+
+    Query rows are processed in chunks of ceil(T_q / H) so the largest temporary, the scores of one
+    chunk for all heads, has B·H·ceil(T_q/H)·T_k ≈ B·T_q·T_k entries: memory stays O(B·T_q·T_k).
+
+    query: (B, H, T_q, D); key: (B, H_kv, T_k, D) -> (A_agg (B, T_q, T_k) float32, allowed (B|1, T_q, T_k) bool)
+    """
+    batch, heads, q_len, head_dim = query.shape
+    kv_heads, k_len = key.shape[1], key.shape[2]
+    if heads % kv_heads:
+        raise ValueError(f"{heads} query heads cannot share {kv_heads} key heads evenly")
+    allowed = allowed_edges(attention_mask, q_len, k_len, query.device)
+    floor = torch.finfo(torch.float32).min
+    if attention_mask is None or attention_mask.dtype == torch.bool:
+        bias = torch.zeros(allowed.shape, dtype=torch.float32, device=query.device).masked_fill(~allowed, floor)
+    else:
+        bias = attention_mask[:, 0].float().masked_fill(~allowed, floor)  # (B, T_q, T_k)
+
+    q = query.float().reshape(batch, kv_heads, heads // kv_heads, q_len, head_dim)  # (B, H_kv, rep, T_q, D)
+    k_t = key.float()[:, :, None].transpose(-1, -2)  # (B, H_kv, 1, D, T_k)
+    rows = -(-q_len // heads)
+    chunks = []
+    for start in range(0, q_len, rows):
+        stop = start + rows
+        scores = q[:, :, :, start:stop] @ k_t * scaling + bias[:, None, None, start:stop]  # (B, H_kv, rep, c, T_k)
+        probs = scores.softmax(dim=-1).flatten(1, 2)  # (B, H, c, T_k)
+        if aggregation == "sum":
+            chunks.append(probs.sum(dim=1).clamp(max=1.0))
+        elif aggregation == "mean":
+            chunks.append(probs.mean(dim=1))
+        elif aggregation == "max":
+            chunks.append(probs.amax(dim=1))
+        else:
+            raise ValueError(f"aggregation={aggregation!r}: allowed values are sum, mean, max")
+    aggregated = torch.cat(chunks, dim=1) * allowed  # (B, T_q, T_k); fully masked rows become 0
+    return aggregated, allowed
+
+
+def sparse_adjacency(
+    aggregated: Tensor,
+    allowed: Tensor,
+    alpha: Tensor | float,
+    tau: Tensor | float,
+    threshold: float,
+    top_k: int | None = None,
+    self_loops_only: bool = False,
+    external: Tensor | None = None,
+) -> Tensor:
+    """Sharpen and sparsify an aggregated adjacency.  (B, T_q, T_k)
+
+    S  = sigmoid(α (min(1, A_agg + G) − τ))
+    A' = S where (allowed and S > ε [and S among the top_k of its row] [and j is i's self-loop]), else 0
+
+    G = `external` (B, T_q, T_k), an outside graph added to the attention's one; `self_loops_only` keeps
+    only the diagonal, which is all the original implementation ever passed messages along.
+    """
+    q_len, k_len = aggregated.shape[-2:]
+    graph = aggregated if external is None else (aggregated + external).clamp(max=1.0)
+    sharpened = torch.sigmoid(alpha * (graph - tau))
+    keep = allowed & (sharpened > threshold)
+    if self_loops_only:
+        keep = keep & self_edges(q_len, k_len, aggregated.device)
+    if top_k is not None and top_k < k_len:
+        strongest = sharpened.masked_fill(~keep, -1.0).topk(top_k, dim=-1).indices  # (B, T_q, top_k)
+        keep = keep & torch.zeros_like(keep).scatter(-1, strongest, True)
+    return sharpened * keep

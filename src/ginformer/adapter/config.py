@@ -1,0 +1,98 @@
+"""SparseGINConfig: every knob of the Sparse-GIN adapter, with the reason it exists.
+
+Defaults follow the paper's fine-tuning runs (section 4.2, Figure 9) where it states a value, and
+otherwise the choice that keeps the adapted model equal to its base at step 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+AGGREGATIONS = ("sum", "mean", "max")
+SELF_TERMS = ("one_plus_eps", "eps")
+NORMS = ("layer", "rms")
+ACTIVATIONS = ("prelu", "relu", "gelu", "silu")
+PLACEMENTS = ("after_attention", "after_mlp", "parallel")
+SCALE_INITS = ("zero", "ramp")
+
+
+def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"SparseGINConfig.{name}={value!r}: allowed values are {', '.join(allowed)}")
+
+
+@dataclass
+class SparseGINConfig:
+    # --- the graph: A' = sparsify(sigmoid(alpha * (A_agg - tau))) -----------------------------------
+    aggregation: str = "sum"
+    """How per-head attention probabilities become one adjacency: "sum" clamped at 1 (paper eq. 3), "mean", "max"."""
+    alpha: float = 10.0
+    """Sigmoid slope: large alpha turns A_agg into a near-binary graph around tau (upstream used 10)."""
+    tau: float = 0.5
+    """Sigmoid centre: aggregated weights above tau become strong edges."""
+    train_alpha: bool = False
+    """Learn alpha per layer (the paper's GIN-Attention learns its sharpening; here it is fixed unless asked)."""
+    train_tau: bool = False
+    """Learn tau per layer."""
+    edge_threshold: float = 0.2
+    """Edges with sharpened weight <= this are dropped (paper: 0.2); this is what makes the graph sparse."""
+    top_k: int | None = None
+    """Keep at most this many strongest incoming edges per token (None: no limit)."""
+    self_loops_only: bool = False
+    """Keep only the diagonal of A' (no token-to-token messages): reproduces the original code, for comparison."""
+    detach_adjacency: bool = True
+    """Build A_agg without autograd: saves the T x T graph of the head sum; only alpha/tau then learn from A'."""
+    # --- the GIN: GIN(X, A') = W_out . Dropout(Act(Norm((1+eps) Z + A' Z + b))), Z = W_in . norm(X) ---
+    d_gnn: int = 155
+    """Width of the messages and of the GIN MLP's hidden layer (paper: 155); sets the parameter budget."""
+    self_term: str = "one_plus_eps"
+    """Self contribution: "one_plus_eps" is GIN's (1+eps)·Z; "eps" is the original code's eps·Z."""
+    gin_eps: float = 0.0
+    """Initial value of GIN's learnable eps."""
+    input_norm: bool = True
+    """RMS-normalise X before W_in: residual streams of pretrained LLMs carry a few huge channels."""
+    norm: str = "layer"
+    """Normalisation inside the GIN MLP: "layer" (paper) or "rms"."""
+    activation: str = "prelu"
+    """GIN MLP activation (upstream: PReLU)."""
+    dropout: float = 0.1
+    """Dropout on the GIN MLP's hidden layer (upstream: 0.1)."""
+    # --- where the branch joins the frozen decoder layer, and how strongly -----------------------------
+    placement: str = "after_attention"
+    """Where X + lambda·GIN(X, A') is inserted (see adapter/__init__.py for X in each case)."""
+    scale_init: str = "zero"
+    """Initial lambda_k: "zero" makes the adapted model equal its base at step 0; "ramp" is 0 -> scale_max (paper)."""
+    scale_max: float = 0.5
+    """lambda of the last layer under the "ramp" init (paper: 0.5)."""
+    train_scale: bool = True
+    """Learn lambda_k (paper Fig. 12: a learnable lambda beats a fixed one)."""
+
+    def __post_init__(self) -> None:
+        _choice("aggregation", self.aggregation, AGGREGATIONS)
+        _choice("self_term", self.self_term, SELF_TERMS)
+        _choice("norm", self.norm, NORMS)
+        _choice("activation", self.activation, ACTIVATIONS)
+        _choice("placement", self.placement, PLACEMENTS)
+        _choice("scale_init", self.scale_init, SCALE_INITS)
+        if not isinstance(self.d_gnn, int) or self.d_gnn < 1:
+            raise ValueError(f"SparseGINConfig.d_gnn={self.d_gnn!r}: allowed values are integers >= 1")
+        if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 1):
+            raise ValueError(f"SparseGINConfig.top_k={self.top_k!r}: allowed values are None or integers >= 1")
+        if not 0.0 <= self.edge_threshold < 1.0:
+            raise ValueError(f"SparseGINConfig.edge_threshold={self.edge_threshold!r}: allowed values are in [0, 1)")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"SparseGINConfig.dropout={self.dropout!r}: allowed values are in [0, 1)")
+        if self.alpha <= 0:
+            raise ValueError(f"SparseGINConfig.alpha={self.alpha!r}: allowed values are > 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> SparseGINConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"SparseGINConfig: unknown fields {unknown}; allowed fields are {sorted(known)}")
+        return cls(**values)
