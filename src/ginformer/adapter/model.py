@@ -258,11 +258,23 @@ class SparseGINModel(nn.Module):
                 raise
             return getattr(self.base_model, name)
 
-    def forward(self, *args, graph_adjacency: Tensor | None = None, **kwargs):
-        """The base model's forward; `graph_adjacency` (B, T_q, T_k) is added to every layer's A_agg."""
+    def forward(
+        self,
+        input_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        *,
+        labels: Tensor | None = None,
+        graph_adjacency: Tensor | None = None,
+        **kwargs,
+    ):
+        """The base model's forward; `graph_adjacency` (B, T_q, T_k) is added to every layer's A_agg.
+
+        Batch fields are named so that transformers' Trainer, which keeps only the dataset columns a
+        forward signature names, passes them on.
+        """
         self._shared.graph_adjacency = graph_adjacency
         try:
-            return self.base_model(*args, **kwargs)
+            return self.base_model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
         finally:
             self._shared.graph_adjacency = None
 
