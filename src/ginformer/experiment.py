@@ -231,12 +231,17 @@ def parse_override(text: str) -> tuple[str, str, Any]:
 
 def apply_overrides(raw: Mapping[str, Any] | None, overrides: Sequence[str]) -> dict[str, Any]:
     """A copy of the nested mapping `raw` with each `section.key=value` override applied in order."""
-    merged: dict[str, Any] = {section: dict(values or {}) for section, values in (raw or {}).items()}
+    merged: dict[str, Any] = {
+        section: dict(values) if isinstance(values, Mapping) else values for section, values in (raw or {}).items()
+    }
     for text in overrides:
         section, key, value = parse_override(text)
         if section not in SECTIONS:
             raise ConfigError(_unknown("section", section, list(SECTIONS)))
-        merged.setdefault(section, {})[key] = value
+        values = merged.get(section) or {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"section '{section}' must be a mapping of keys to values, got {values!r}")
+        merged[section] = {**values, key: value}
     return merged
 
 

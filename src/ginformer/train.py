@@ -403,10 +403,14 @@ def _check_resumable(settings: ExperimentSettings, saved_config: Path) -> None:
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop events logged after `step` (an interrupted run's, to be logged again) and note the resume."""
+    """Drop the metrics an interrupted run logged after `step` (they will be logged again), keep its history of
+    stops and resumes, and note this resume."""
     kept = []
     if path.is_file():
-        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        for line in path.read_text().splitlines():
+            event = json.loads(line) if line else None
+            if event and (event["step"] <= step or event["event"] in ("stopped", "resume")):
+                kept.append(line)
     kept.append(json.dumps({"event": "resume", "step": step, "epoch": None}))
     path.write_text("\n".join(kept) + "\n")
 

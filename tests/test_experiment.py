@@ -1,0 +1,203 @@
+"""Run configs: defaults, YAML + --set overrides, validation errors, the shipped configs, the CLI's error path."""
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+from transformers import LlamaConfig
+
+from ginformer.cli import main
+from ginformer.experiment import (
+    ConfigError,
+    ExperimentSettings,
+    ModelSettings,
+    load_settings,
+    parse_override,
+    save_settings,
+    settings_from_dict,
+)
+from ginformer.modeling import GinformerConfig
+from ginformer.sizing import config_parameters
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+SIZING_FIELDS = {"target_params", "scale_intermediate"}
+
+
+def test_training_defaults_are_the_papers_table_1():
+    t = ExperimentSettings().training
+    assert (t.learning_rate, t.lr_scheduler, t.warmup_steps) == (1e-4, "constant_with_warmup", 250)
+    assert (t.per_device_train_batch_size, t.per_device_eval_batch_size, t.gradient_accumulation_steps) == (8, 4, 4)
+    assert (t.weight_decay, t.max_grad_norm, t.num_train_epochs) == (0.01, 1.0, 9.0)
+
+
+def test_model_settings_mirror_ginformer_config():
+    """Every model setting is a GinformerConfig field, the graph options keep GinformerConfig's defaults, and
+    every graph option of GinformerConfig can be set from a run config: the two cannot drift apart unnoticed."""
+    config_fields = {f.name for f in dataclasses.fields(GinformerConfig)}
+    llama_fields = {f.name for f in dataclasses.fields(LlamaConfig)}
+    settings, reference = ModelSettings(), GinformerConfig(vocab_size=64)
+    for f in dataclasses.fields(ModelSettings):
+        if f.name in SIZING_FIELDS:
+            continue
+        assert f.name in config_fields, f"ModelSettings.{f.name} is not a GinformerConfig field"
+        if f.name not in llama_fields:  # Llama's sizes differ on purpose: ours are the paper's
+            ours, theirs = getattr(settings, f.name), getattr(reference, f.name)
+            assert (list(ours) if isinstance(ours, list) else ours) == (
+                list(theirs) if isinstance(theirs, tuple) else theirs
+            ), f.name
+    missing = config_fields - llama_fields - {f.name for f in dataclasses.fields(ModelSettings)}
+    assert not missing, f"GinformerConfig options a run config cannot set: {sorted(missing)}"
+
+
+def test_to_config_builds_the_described_model():
+    settings = load_settings(None, ["model.attention_kind=[gin, standard]", "model.num_hidden_layers=2"])
+    config = settings.model.to_config(vocab_size=40, pad_token_id=0)
+    assert isinstance(config, GinformerConfig)
+    assert config.layer_kinds() == ["gin", "standard"]
+    assert (config.vocab_size, config.pad_token_id, config.num_key_value_heads) == (40, 0, 8)
+
+
+def test_target_params_sizes_hidden_size():
+    settings = load_settings(None, ["model.target_params=2_000_000", "model.num_hidden_layers=4",
+                                    "model.num_attention_heads=4", "model.intermediate_size=512"])
+    config = settings.model.to_config(vocab_size=40)
+    assert config.hidden_size != settings.model.hidden_size
+    assert abs(config_parameters(config) - 2_000_000) < 0.05 * 2_000_000
+    assert config.intermediate_size == 512  # scale_intermediate=False keeps the feed-forward width
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("training.max_steps=20", ("training", "max_steps", 20)),
+        ("training.learning_rate=1e-4", ("training", "learning_rate", "1e-4")),  # YAML 1.1: no dot, a string
+        ("training.learning_rate=1.0e-4", ("training", "learning_rate", 1e-4)),
+        ("training.bf16=true", ("training", "bf16", True)),
+        ("model.attention_kind=[gin, standard]", ("model", "attention_kind", ["gin", "standard"])),
+        ("training.run_name=a=b", ("training", "run_name", "a=b")),
+        ("training.max_steps=null", ("training", "max_steps", None)),
+        ("training.max_steps=", ("training", "max_steps", None)),
+    ],
+)
+def test_parse_override(text, expected):
+    assert parse_override(text) == expected
+
+
+@pytest.mark.parametrize("text", ["max_steps=20", "training.max_steps", "=3", "training.=3", "a.b.c=1", ".x=1"])
+def test_malformed_override_is_rejected(text):
+    with pytest.raises(ConfigError, match="section.key=value"):
+        parse_override(text)
+
+
+def test_overrides_apply_in_order_over_the_file(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("training: {max_steps: 5, run_name: from_file}\nmodel: {num_hidden_layers: 3}\n")
+    settings = load_settings(path, ["training.max_steps=7", "training.learning_rate=1e-4", "training.max_steps=9"])
+    assert settings.training.max_steps == 9
+    assert settings.training.learning_rate == pytest.approx(1e-4)  # "1e-4" read as the number it is
+    assert settings.training.run_name == "from_file"
+    assert settings.model.num_hidden_layers == 3
+    assert settings.run_dir == Path("runs") / "from_file"
+
+
+def test_unknown_key_names_the_key_and_the_allowed_keys():
+    with pytest.raises(ConfigError) as err:
+        load_settings(None, ["training.learnin_rate=0.1"])
+    message = str(err.value)
+    assert "training.learnin_rate" in message
+    assert "did you mean 'learning_rate'" in message
+    assert "max_grad_norm" in message  # the allowed keys are listed
+
+
+def test_unknown_section_is_rejected():
+    with pytest.raises(ConfigError, match="unknown section: 'optim'.*model, data, training"):
+        settings_from_dict({"optim": {"lr": 1}})
+    with pytest.raises(ConfigError, match="unknown section"):
+        load_settings(None, ["optim.lr=1"])
+
+
+@pytest.mark.parametrize(
+    "override, pattern",
+    [
+        ("training.max_steps=abc", r"training\.max_steps='abc'.*an integer or null"),
+        ("training.max_steps=1.5", r"training\.max_steps=1\.5.*an integer"),
+        ("training.max_steps=0", r"training\.max_steps=0.*> 0"),
+        ("training.bf16=1", r"training\.bf16=1.*true or false"),
+        ("training.lr_scheduler=cosine_restarts", r"training\.lr_scheduler.*'constant_with_warmup'"),
+        ("training.run_name=a/b", r"training\.run_name"),
+        ("training.learning_rate=fast", r"training\.learning_rate='fast'.*a finite number"),
+        ("data.val_fraction=1.5", r"data\.val_fraction=1\.5.*\(0, 1\)"),
+        ("data.loss_on=prompt", r"data\.loss_on='prompt'.*\['all', 'labels'\]"),
+        ("model.num_hidden_layers=-1", r"model\.num_hidden_layers=-1.*> 0"),
+        ("model.attention_kind=gat", r"model: attention_kind must be one of \['standard', 'gin', 'pna'\]"),
+        ("model.attention_kind=[gin, gin]", r"attention_kind lists 2 kinds for 6 layers"),
+        ("model.adjacency_activation=tanh", r"adjacency_activation must be one of"),
+        ("model.hidden_size=100", r"hidden_size \(100\) must be divisible by num_attention_heads \(8\)"),
+    ],
+)
+def test_bad_values_are_rejected_naming_the_key(override, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        load_settings(None, [override])
+
+
+def test_a_section_that_is_not_a_mapping_is_rejected(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("training: 3\n")
+    with pytest.raises(ConfigError, match="section 'training' must be a mapping"):
+        load_settings(path)
+
+
+def test_saved_settings_load_back_equal(tmp_path):
+    settings = load_settings(None, ["model.attention_kind=[gin, pna]", "model.num_hidden_layers=2",
+                                    "training.max_steps=3", "data.loss_on=labels"])
+    save_settings(settings, tmp_path / "config.yaml")
+    assert load_settings(tmp_path / "config.yaml") == settings
+
+
+@pytest.mark.parametrize("name", ["protein_demo", "protein_gin_paper", "protein_reference_paper"])
+def test_shipped_configs_load(name):
+    settings = load_settings(CONFIGS / f"{name}.yaml")
+    assert settings.training.run_name == name if name != "protein_demo" else "protein_demo_gin"
+
+
+def test_paper_configs_are_25m_parameter_models_that_differ_only_in_attention():
+    gin = load_settings(CONFIGS / "protein_gin_paper.yaml")
+    reference = load_settings(CONFIGS / "protein_reference_paper.yaml")
+    assert gin.data == reference.data
+    assert dataclasses.replace(gin.training, run_name="x") == dataclasses.replace(reference.training, run_name="x")
+    gin_config, reference_config = gin.model.to_config(vocab_size=40), reference.model.to_config(vocab_size=40)
+    assert (gin_config.hidden_size, reference_config.hidden_size) == (528, 512)  # the paper's sizes
+    for config in (gin_config, reference_config):
+        assert (config.num_hidden_layers, config.num_attention_heads) == (6, 8)
+        assert abs(config_parameters(config) - 25_000_000) < 0.05 * 25_000_000
+    assert (gin_config.adjacency_activation, gin_config.gin_mlp_multiplier) == ("softmax", 0.5)
+    assert gin_config.learn_sharpening and not gin_config.use_o_proj
+
+
+def test_demo_config_is_a_small_cpu_model():
+    settings = load_settings(CONFIGS / "protein_demo.yaml")
+    for kind in ("gin", "standard", "pna"):
+        config = dataclasses.replace(settings.model, attention_kind=kind).to_config(vocab_size=40)
+        assert 1_000_000 <= config_parameters(config) <= 3_000_000
+    assert settings.training.max_steps <= 500
+
+
+def test_cli_reports_a_bad_config_in_one_line_with_exit_code_2(tmp_path, capsys):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"training": {"max_step": 3}}))
+    assert main(["pretrain", "--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "training.max_step" in err and "did you mean 'max_steps'" in err
+
+    assert main(["pretrain", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "config file not found" in capsys.readouterr().err
+    assert main(["pretrain", "--config", str(path), "--set", "nonsense"]) == 2
+    assert "section.key=value" in capsys.readouterr().err
+
+
+def test_cli_resume_and_overwrite_exclude_each_other(tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["pretrain", "--config", "x.yaml", "--resume", "--overwrite"])
+    assert exit_info.value.code == 2

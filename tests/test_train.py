@@ -1,0 +1,264 @@
+"""Pretraining on Trainer: data preparation, the run directory, metrics, resume, NaN stop, two processes."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, TrainerCallback
+
+import ginformer
+from ginformer.data.protein import ProteinRecord, format_protein_example, format_protein_prompt
+from ginformer.data.tokenizer import build_protein_tokenizer
+from ginformer.experiment import ConfigError, load_settings
+from ginformer.train import (
+    IGNORE_INDEX,
+    CausalLMCollator,
+    TrainingDiverged,
+    build_datasets,
+    pretrain,
+    tokenize_example,
+    token_nll,
+)
+
+TINY = [
+    "model.num_hidden_layers=2",
+    "model.num_attention_heads=2",
+    "model.hidden_size=32",
+    "model.intermediate_size=64",
+    "model.max_position_embeddings=300",
+    "data.max_train_examples=16",
+    "data.max_val_examples=6",
+    "training.run_name=tiny",
+    "training.max_steps=6",
+    "training.per_device_train_batch_size=4",
+    "training.per_device_eval_batch_size=4",
+    "training.gradient_accumulation_steps=1",
+    "training.warmup_steps=2",
+    "training.learning_rate=1.0e-3",
+    "training.logging_steps=1",
+    "training.eval_steps=3",
+    "training.save_steps=3",
+]
+
+
+def tiny_settings(tmp_path, *overrides):
+    return load_settings(None, [*TINY, f"training.output_root={tmp_path}", *overrides])
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def events(metrics: list[dict], kind: str) -> dict[int, dict]:
+    return {m["step"]: m for m in metrics if m["event"] == kind}
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_protein_tokenizer()
+
+
+def test_collator_pads_right_and_masks_padding(tokenizer):
+    examples = [{"input_ids": [2, 5, 15, 6], "labels": [2, 5, 15, 6]}, {"input_ids": [2, 5], "labels": [-100, 5]}]
+    batch = CausalLMCollator(pad_token_id=tokenizer.pad_token_id)(examples)
+    pad = tokenizer.pad_token_id
+    assert batch["input_ids"].tolist() == [[2, 5, 15, 6], [2, 5, pad, pad]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
+    assert batch["labels"].tolist() == [[2, 5, 15, 6], [-100, 5, -100, -100]]
+
+
+def test_loss_on_labels_scores_only_the_two_label_tokens_and_the_end_token(tokenizer):
+    record = ProteinRecord("MKVL", "AH", "BS", None, 0)
+    text = format_protein_example(record)
+    example = tokenize_example(text, tokenizer, format_protein_prompt(record.sequence))
+    scored = [t for t in example["labels"] if t != IGNORE_INDEX]
+    assert tokenizer.decode(scored) == "<|AH|><|BS|><|eot_id|>"
+    assert example["labels"][-3:] == example["input_ids"][-3:]
+    assert tokenize_example(text, tokenizer)["labels"] == example["input_ids"]
+
+
+def test_build_datasets_follows_loss_on(tmp_path, tokenizer):
+    for loss_on in ("all", "labels"):
+        settings = tiny_settings(tmp_path, f"data.loss_on={loss_on}")
+        train, val = build_datasets(settings.data, tokenizer)
+        assert (len(train), len(val)) == (16, 6)
+        for example in train + val:
+            scored = [t for t in example["labels"] if t != IGNORE_INDEX]
+            if loss_on == "all":
+                assert example["labels"] == example["input_ids"]
+            else:
+                assert len(scored) == 3 and scored[-1] == tokenizer.eos_token_id
+
+
+def test_token_nll_is_the_models_own_loss():
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(
+        LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    )
+    examples = [{"input_ids": [2, 5, 15, 16, 17, 6], "labels": [-100, -100, 15, 16, 17, 6]},
+                {"input_ids": [2, 5, 18, 6], "labels": [2, 5, 18, 6]}]
+    batch = CausalLMCollator(pad_token_id=0)(examples)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        nll, tokens = token_nll(logits, batch["labels"])
+        expected = model(**batch).loss
+    assert tokens.tolist() == [4, 3]
+    torch.testing.assert_close(nll.sum() / tokens.sum(), expected)
+
+
+def test_pretrain_writes_config_metrics_checkpoints_and_model(tmp_path, tokenizer):
+    settings = tiny_settings(tmp_path)
+    run_dir = pretrain(settings)
+    assert run_dir == tmp_path / "tiny"
+    assert load_settings(run_dir / "config.yaml") == settings
+    assert sorted(p.name for p in run_dir.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
+
+    model = AutoModelForCausalLM.from_pretrained(run_dir / "model")
+    assert isinstance(model, ginformer.GinformerForCausalLM)
+    assert AutoTokenizer.from_pretrained(run_dir / "model").get_vocab() == tokenizer.get_vocab()
+
+    metrics = read_metrics(run_dir)
+    assert [m["event"] for m in metrics][0] == "start" and metrics[-1]["event"] == "end"
+    assert metrics[0]["parameters"] == ginformer.count_parameters(model)
+    train, evals = events(metrics, "train"), events(metrics, "eval")
+    assert sorted(train) == [1, 2, 3, 4, 5, 6] and sorted(evals) == [3, 6]
+    assert all(math.isfinite(m["train_loss"]) for m in train.values())
+    assert train[1]["learning_rate"] == 0.0 and train[6]["learning_rate"] == pytest.approx(1e-3)  # 2-step warm-up
+    for m in list(train.values()) + list(evals.values()):
+        alphas = m["graph"]["sharpening"]
+        assert len(alphas) == 2 and all(isinstance(a, float) for a in alphas)
+    assert train[6]["graph"]["sharpening"] != [1.0, 1.0]  # α is learned, and the log follows it
+    for m in evals.values():
+        assert m["val_perplexity"] == pytest.approx(math.exp(m["val_loss"]))
+
+    # The logged validation loss is the final model's token-weighted loss over the validation set.
+    _, val = build_datasets(settings.data, tokenizer)
+    collate = CausalLMCollator(tokenizer.pad_token_id)
+    with torch.no_grad():
+        per_example = [(model(**collate([e])).loss.item(), sum(t != IGNORE_INDEX for t in e["labels"][1:])) for e in val]
+    expected = sum(loss * n for loss, n in per_example) / sum(n for _, n in per_example)
+    assert evals[6]["val_loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_an_existing_run_directory_is_never_overwritten_unless_asked(tmp_path):
+    settings = tiny_settings(tmp_path, "training.max_steps=1")
+    (tmp_path / "tiny").mkdir()
+    marker = tmp_path / "tiny" / "results.txt"
+    marker.write_text("keep me")
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        pretrain(settings)
+    assert marker.read_text() == "keep me"
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        pretrain(settings, resume=True)
+    with pytest.raises(ValueError, match="exclude each other"):
+        pretrain(settings, resume=True, overwrite=True)
+    assert marker.read_text() == "keep me"
+
+    pretrain(settings, overwrite=True)
+    assert not marker.exists() and (tmp_path / "tiny" / "model").is_dir()
+
+
+class _CrashAfterSave(TrainerCallback):
+    """Kills the run right after the checkpoint of `step` is written, as a pre-empted job would be."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt
+
+
+def test_resume_reaches_the_same_losses_as_an_uninterrupted_run(tmp_path):
+    # 14 examples in steps of 2 × 2 (gradient accumulation): epochs end mid-step, dropout draws random numbers.
+    common = ["data.max_train_examples=14", "training.per_device_train_batch_size=2",
+              "training.gradient_accumulation_steps=2", "training.max_steps=9", "model.gin_mlp_dropout=0.1"]
+    uninterrupted = read_metrics(pretrain(tiny_settings(tmp_path, *common, "training.run_name=whole")))
+
+    settings = tiny_settings(tmp_path, *common, "training.run_name=resumed")
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(settings, callbacks=[_CrashAfterSave(3)])
+    assert not (settings.run_dir / "model").exists()
+    resumed = read_metrics(pretrain(settings, resume=True))
+
+    assert [m["step"] for m in resumed if m["event"] == "resume"] == [3]
+    for kind, key in (("train", "train_loss"), ("eval", "val_loss")):
+        a, b = events(uninterrupted, kind), events(resumed, kind)
+        assert sorted(a) == sorted(b)
+        for step in a:
+            assert abs(a[step][key] - b[step][key]) <= 1e-4, (kind, step)
+        assert a[9 if kind == "train" else 6][key] != a[1 if kind == "train" else 3][key]  # it did train
+
+    with pytest.raises(ConfigError, match="model.hidden_size"):
+        pretrain(tiny_settings(tmp_path, *common, "training.run_name=resumed", "model.hidden_size=64"), resume=True)
+
+
+class _NanFromStep(TrainerCallback):
+    """From step `step` on, the embeddings output NaN: the loss of that step is NaN."""
+
+    def __init__(self, step: int):
+        self.step, self.model = step, None
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        if state.global_step + 1 == self.step:
+            self.model = model
+            model.get_input_embeddings().register_forward_hook(lambda module, inputs, output: output * math.nan)
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    settings = tiny_settings(tmp_path, "training.save_steps=2", "training.max_steps=8")
+    poison = _NanFromStep(5)
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at step 5.*checkpoint-4"):
+        pretrain(settings, callbacks=[poison])
+
+    run_dir = settings.run_dir
+    assert sorted(p.name for p in run_dir.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    assert not (run_dir / "model").exists()
+    last = read_metrics(run_dir)[-1]
+    assert last == {**last, "event": "stopped", "step": 5, "reason": "non-finite loss", "loss": "nan",
+                    "last_checkpoint": "checkpoint-4"}
+    # The NaN step never reached the optimizer: the weights in memory and on disk are finite.
+    assert all(torch.isfinite(p).all() for p in poison.model.parameters())
+    saved = AutoModelForCausalLM.from_pretrained(run_dir / "checkpoint-4")
+    assert all(torch.isfinite(p).all() for p in saved.parameters())
+
+
+def test_two_processes_train_like_one_process_with_the_combined_batch(tmp_path):
+    """torchrun, 2 processes × batch 4, against one process × batch 8: same examples per step, same losses.
+
+    What differs is float32 summation order only (each process pads to its own longest example, and DDP
+    averages the two halves' gradients), about 1e-7 relative; over 8 steps the largest difference seen was
+    5e-7. A real fault (wrong sharding, tokens counted twice, a lost loss normalisation) moves the loss by 1e-3
+    or more from the first step, so 1e-5 separates the two with margin on both sides.
+    """
+    common = ["data.max_train_examples=24", "training.max_steps=4", "training.eval_steps=4",
+              "training.save_steps=100", "training.warmup_steps=1"]
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({}))
+    sets = [arg for item in [*TINY, f"training.output_root={tmp_path}", *common,
+                             "training.run_name=two"] for arg in ("--set", item)]
+    src = str(Path(ginformer.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "ginformer.cli", "pretrain", "--config", str(config), *sets],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    two = read_metrics(tmp_path / "two")
+    one = read_metrics(pretrain(tiny_settings(tmp_path, *common, "training.run_name=one",
+                                              "training.per_device_train_batch_size=8")))
+
+    assert two[0]["world_size"] == 2 and one[0]["world_size"] == 1
+    a, b = events(two, "train"), events(one, "train")
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4]
+    assert a[1]["epoch"] == b[1]["epoch"]  # both consumed 8 examples per step
+    for step in a:
+        assert abs(a[step]["train_loss"] - b[step]["train_loss"]) < 1e-5, step
+    assert abs(events(two, "eval")[4]["val_loss"] - events(one, "eval")[4]["val_loss"]) < 1e-5
