@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import (
+    DynamicCache,
     LlamaConfig,
     LlamaForCausalLM,
     MistralConfig,
@@ -128,7 +129,9 @@ def test_save_load_round_trip_saves_adapter_weights_only(tmp_path):
     assert all(p.requires_grad for p in trainable.adapters.parameters())
 
 
-@pytest.mark.parametrize("change,field", [(dict(hidden_size=32), "hidden_size"), (dict(num_hidden_layers=3), "num_hidden_layers")])
+@pytest.mark.parametrize(
+    "change,field", [(dict(hidden_size=32), "hidden_size"), (dict(num_hidden_layers=3), "num_hidden_layers")]
+)
 def test_loading_onto_a_different_base_fails_clearly(tmp_path, change, field):
     adapted(tiny()).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match=f"different base model.*{field}"):
@@ -156,7 +159,8 @@ def test_fixed_values_are_buffers_and_the_filter_marks_only_adapters():
     assert "scale" in model.adapters[0].state_dict()
     model.base_model.requires_grad_(True)
     mark_only_adapter_as_trainable(model)
-    assert {n for n, p in model.named_parameters() if p.requires_grad} == {f"adapters.{n}" for n, _ in model.adapters.named_parameters()}
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {f"adapters.{name}" for name, _ in model.adapters.named_parameters()}
 
 
 def test_print_trainable_parameters(capsys):
@@ -164,6 +168,48 @@ def test_print_trainable_parameters(capsys):
     model.print_trainable_parameters()
     trainable, total = model.get_nb_trainable_parameters()
     assert f"trainable params: {trainable:,d} || all params: {total:,d}" in capsys.readouterr().out
+
+
+def first_layer_trace(model, ids):
+    """Layer 0's input h, attention output a and layer output, from one forward."""
+    trace, layer = {}, model.model.layers[0]
+    hooks = [
+        layer.register_forward_pre_hook(lambda m, args: trace.update(h=args[0])),
+        layer.self_attn.register_forward_hook(lambda m, args, out: trace.update(a=out[0])),
+        layer.register_forward_hook(lambda m, args, out: trace.update(out=out)),
+    ]
+    with torch.no_grad():
+        model(input_ids=ids)
+    for hook in hooks:
+        hook.remove()
+    return trace
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+def test_the_branch_joins_the_layer_where_the_placement_says(placement):
+    base = tiny()
+    reference = copy.deepcopy(base)
+    model = adapted(base, placement=placement)
+    ids, _ = batch()
+    before = first_layer_trace(reference, ids)
+    with model.capture_adjacency() as graphs:
+        after = first_layer_trace(model.base_model, ids)
+    allowed = allowed_edges(None, 7, 7, torch.device("cpu"))
+    with torch.no_grad():
+        def branch(x):
+            return model.adapters[0](x, graphs[0].aggregated, allowed)[0]
+
+        layer = reference.model.layers[0]
+        x = before["h"] + before["a"]
+        if placement == "after_attention":
+            y = x + branch(x)
+            expected = y + layer.mlp(layer.post_attention_layernorm(y))
+        elif placement == "parallel":
+            expected = before["out"] + branch(x)
+        else:
+            expected = before["out"] + branch(before["out"])
+    assert not torch.allclose(after["out"], before["out"], atol=1e-3)
+    torch.testing.assert_close(after["out"], expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("placement", PLACEMENTS)
@@ -224,6 +270,19 @@ def test_cached_greedy_generate_equals_uncached(arch):
         torch.testing.assert_close(step_cached, step_uncached, rtol=1e-5, atol=1e-5)
     base_logits = reference.generate(ids, **settings).logits[0]
     assert not torch.allclose(cached.logits[0], base_logits, atol=1e-3)
+
+
+def test_forward_in_cached_chunks_equals_one_full_forward():
+    """A lazily grown DynamicCache, fed 4 + 3 + 1 tokens, gives the logits of one 8-token forward."""
+    model = adapted(tiny())
+    ids, mask = batch(length=8)
+    full = logits(model, ids, mask)
+    cache, pieces = DynamicCache(), []
+    for start, stop in [(0, 4), (4, 7), (7, 8)]:
+        pieces.append(logits(model, ids[:, start:stop], mask[:, :stop], past_key_values=cache, use_cache=True))
+    assert len(cache.layers) == 4  # two decoder layers' keys and values, then their GIN features
+    real = mask.bool()
+    torch.testing.assert_close(torch.cat(pieces, dim=1)[real], full[real], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("placement", ["after_mlp", "parallel"])
@@ -291,7 +350,11 @@ def test_wrapping_twice_and_unsupported_attention_fail_clearly():
 
 @pytest.mark.parametrize(
     "field,value,allowed",
-    [("aggregation", "median", "sum, mean, max"), ("placement", "before_attention", "after_attention"), ("top_k", 0, ">= 1")],
+    [
+        ("aggregation", "median", "sum, mean, max"),
+        ("placement", "before_attention", "after_attention"),
+        ("top_k", 0, ">= 1"),
+    ],
 )
 def test_config_names_the_bad_field_and_the_allowed_values(field, value, allowed):
     with pytest.raises(ValueError, match=f"SparseGINConfig.{field}=.*allowed values.*{allowed}"):

@@ -44,7 +44,9 @@ def test_head_aggregation_matches_naive(aggregation, heads, kv_heads, mask_kind)
     for q_len, k_len in [(5, 5), (3, 8), (1, 6)]:
         query = torch.randn(2, heads, q_len, 8) * 2
         key = torch.randn(2, kv_heads, k_len, 8) * 2
-        allows = padding_allows(2, q_len, k_len) if mask_kind != "none" else torch.ones(2, q_len, k_len, dtype=torch.bool)
+        allows = torch.ones(2, q_len, k_len, dtype=torch.bool)
+        if mask_kind != "none":
+            allows = padding_allows(2, q_len, k_len)
         mask = None
         if mask_kind == "bool":
             mask = allows[:, None]
@@ -91,7 +93,13 @@ def naive_sparse(aggregated, allowed, alpha, tau, threshold, top_k, self_loops_o
 
 @pytest.mark.parametrize(
     "threshold,top_k,self_loops_only,with_external",
-    [(0.2, None, False, False), (0.0, None, False, False), (0.2, 2, False, False), (0.2, None, True, False), (0.2, None, False, True)],
+    [
+        (0.2, None, False, False),
+        (0.0, None, False, False),
+        (0.2, 2, False, False),
+        (0.2, None, True, False),
+        (0.2, None, False, True),
+    ],
 )
 def test_sparse_adjacency_matches_naive(threshold, top_k, self_loops_only, with_external):
     torch.manual_seed(1)
@@ -118,7 +126,12 @@ def test_threshold_makes_the_graph_sparse():
 # --- end to end: what the adapter computes inside a model equals eager attention probabilities --------
 
 TINY_LLAMA = dict(
-    hidden_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2, intermediate_size=128, vocab_size=100
+    hidden_size=64,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    num_hidden_layers=2,
+    intermediate_size=128,
+    vocab_size=100,
 )
 
 
@@ -133,11 +146,13 @@ def test_adapter_adjacency_equals_eager_attentions_with_padding_and_cache(aggreg
     base = LlamaForCausalLM(LlamaConfig(**TINY_LLAMA, attn_implementation="eager")).eval()
     eager = copy.deepcopy(base)
     base.set_attn_implementation("sdpa")  # the adapter wraps sdpa; the oracle stays eager
-    model = get_sparse_gin_model(base, SparseGINConfig(aggregation=aggregation)).eval()  # lambda = 0: same hidden states
+    # lambda = 0: the adapted model's hidden states, hence its attention, equal the eager oracle's
+    model = get_sparse_gin_model(base, SparseGINConfig(aggregation=aggregation)).eval()
     ids = torch.randint(0, 100, (2, 9))
     mask = torch.ones_like(ids)
     mask[1, :2] = 0
-    reduce = {"sum": lambda p: p.sum(1).clamp(max=1), "mean": lambda p: p.mean(1), "max": lambda p: p.amax(1)}[aggregation]
+    reduce = {"sum": lambda p: p.sum(1).clamp(max=1), "mean": lambda p: p.mean(1), "max": lambda p: p.amax(1)}
+    reduce = reduce[aggregation]
     valid_rows = mask[:, :, None].bool()  # rows of padding queries carry no meaning
 
     calls = [(slice(0, 5), None), (slice(5, 8), "cache"), (slice(8, 9), "cache")]  # prefill, T_q=3 < T_k, decode

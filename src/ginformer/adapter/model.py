@@ -19,7 +19,7 @@ import json
 import logging
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -102,7 +102,7 @@ class _SparseGINTap:
     cache: Any = None
     aggregated: Tensor | None = None
     allowed: Tensor | None = None
-    delta: Tensor | None = field(default=None, repr=False)
+    delta: Tensor | None = None
 
     def branch(self, x: Tensor) -> Tensor:
         if self.aggregated is None:
