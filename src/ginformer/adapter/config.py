@@ -7,17 +7,18 @@ otherwise the choice that keeps the adapted model equal to its base at step 0.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, Literal, get_args
 
-AGGREGATIONS = ("sum", "mean", "max")
-SELF_TERMS = ("one_plus_eps", "eps")
-NORMS = ("layer", "rms")
-ACTIVATIONS = ("prelu", "relu", "gelu", "silu")
-PLACEMENTS = ("after_attention", "after_mlp", "parallel")
-SCALE_INITS = ("zero", "ramp")
+Aggregation = Literal["sum", "mean", "max"]
+SelfTerm = Literal["one_plus_eps", "eps"]
+Norm = Literal["layer", "rms"]
+Activation = Literal["prelu", "relu", "gelu", "silu"]
+Placement = Literal["after_attention", "after_mlp", "parallel"]
+ScaleInit = Literal["zero", "ramp"]
 
 
-def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+def _choice(name: str, value: Any, kind: Any) -> None:
+    allowed = get_args(kind)
     if value not in allowed:
         raise ValueError(f"SparseGINConfig.{name}={value!r}: allowed values are {', '.join(allowed)}")
 
@@ -25,7 +26,7 @@ def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
 @dataclass
 class SparseGINConfig:
     # --- the graph: A' = sparsify(sigmoid(alpha * (A_agg - tau))) -----------------------------------
-    aggregation: str = "sum"
+    aggregation: Aggregation = "sum"
     """How per-head attention probabilities become one adjacency: "sum" clamped at 1 (paper eq. 3), "mean", "max"."""
     alpha: float = 10.0
     """Sigmoid slope: large alpha turns A_agg into a near-binary graph around tau (upstream used 10)."""
@@ -36,32 +37,33 @@ class SparseGINConfig:
     train_tau: bool = False
     """Learn tau per layer."""
     edge_threshold: float = 0.2
-    """Edges with sharpened weight <= this are dropped (paper: 0.2); this is what makes the graph sparse."""
+    """The paper's ε: edges whose sharpened weight is <= this are dropped (paper: 0.2); the graph's sparsity."""
     top_k: int | None = None
     """Keep at most this many strongest incoming edges per token (None: no limit)."""
     self_loops_only: bool = False
     """Keep only the diagonal of A' (no token-to-token messages): reproduces the original code, for comparison."""
     detach_adjacency: bool = True
-    """Build A_agg without autograd: saves the T x T graph of the head sum; only alpha/tau then learn from A'."""
+    """Build A_agg without autograd: no gradient back through the frozen attention (into earlier adapters) and
+    no saved head softmaxes (O(B·H·T²) per layer); alpha and tau still learn, sharpening comes after."""
     # --- the GIN: GIN(X, A') = W_out . Dropout(Act(Norm((1+eps) Z + A' Z + b))), Z = W_in . norm(X) ---
     d_gnn: int = 155
     """Width of the messages and of the GIN MLP's hidden layer (paper: 155); sets the parameter budget."""
-    self_term: str = "one_plus_eps"
+    self_term: SelfTerm = "one_plus_eps"
     """Self contribution: "one_plus_eps" is GIN's (1+eps)·Z; "eps" is the original code's eps·Z."""
     gin_eps: float = 0.0
     """Initial value of GIN's learnable eps."""
     input_norm: bool = True
     """RMS-normalise X before W_in: residual streams of pretrained LLMs carry a few huge channels."""
-    norm: str = "layer"
+    norm: Norm = "layer"
     """Normalisation inside the GIN MLP: "layer" (paper) or "rms"."""
-    activation: str = "prelu"
+    activation: Activation = "prelu"
     """GIN MLP activation (upstream: PReLU)."""
     dropout: float = 0.1
     """Dropout on the GIN MLP's hidden layer (upstream: 0.1)."""
     # --- where the branch joins the frozen decoder layer, and how strongly -----------------------------
-    placement: str = "after_attention"
+    placement: Placement = "after_attention"
     """Where X + lambda·GIN(X, A') is inserted (see adapter/__init__.py for X in each case)."""
-    scale_init: str = "zero"
+    scale_init: ScaleInit = "zero"
     """Initial lambda_k: "zero" makes the adapted model equal its base at step 0; "ramp" is 0 -> scale_max (paper)."""
     scale_max: float = 0.5
     """lambda of the last layer under the "ramp" init (paper: 0.5)."""
@@ -69,12 +71,12 @@ class SparseGINConfig:
     """Learn lambda_k (paper Fig. 12: a learnable lambda beats a fixed one)."""
 
     def __post_init__(self) -> None:
-        _choice("aggregation", self.aggregation, AGGREGATIONS)
-        _choice("self_term", self.self_term, SELF_TERMS)
-        _choice("norm", self.norm, NORMS)
-        _choice("activation", self.activation, ACTIVATIONS)
-        _choice("placement", self.placement, PLACEMENTS)
-        _choice("scale_init", self.scale_init, SCALE_INITS)
+        _choice("aggregation", self.aggregation, Aggregation)
+        _choice("self_term", self.self_term, SelfTerm)
+        _choice("norm", self.norm, Norm)
+        _choice("activation", self.activation, Activation)
+        _choice("placement", self.placement, Placement)
+        _choice("scale_init", self.scale_init, ScaleInit)
         if not isinstance(self.d_gnn, int) or self.d_gnn < 1:
             raise ValueError(f"SparseGINConfig.d_gnn={self.d_gnn!r}: allowed values are integers >= 1")
         if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 1):
