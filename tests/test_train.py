@@ -146,6 +146,13 @@ def test_pretrain_writes_config_metrics_checkpoints_and_model(tmp_path, tokenize
     assert evals[6]["val_loss"] == pytest.approx(expected, rel=1e-5)
 
 
+def test_a_setting_that_fails_late_leaves_no_run_directory(tmp_path):
+    settings = tiny_settings(tmp_path, "model.max_position_embeddings=64")
+    with pytest.raises(ConfigError, match="max_position_embeddings=64"):
+        pretrain(settings)
+    assert not settings.run_dir.exists()
+
+
 def test_an_existing_run_directory_is_never_overwritten_unless_asked(tmp_path):
     settings = tiny_settings(tmp_path, "training.max_steps=1")
     (tmp_path / "tiny").mkdir()

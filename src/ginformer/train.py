@@ -35,6 +35,14 @@ import yaml
 from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import EvalLoopOutput, get_last_checkpoint
 
+from ginformer.data.protein import (
+    bundled_protein_path,
+    format_protein_example,
+    format_protein_prompt,
+    load_protein_records,
+    split_records,
+)
+from ginformer.data.tokenizer import build_protein_tokenizer
 from ginformer.experiment import (
     ConfigError,
     DataSettings,
@@ -43,6 +51,8 @@ from ginformer.experiment import (
     save_settings,
     settings_to_dict,
 )
+from ginformer.modeling import GinformerForCausalLM
+from ginformer.sizing import count_parameters
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -70,9 +80,8 @@ def pretrain(
         raise ValueError("resume and overwrite exclude each other: resume continues a run, overwrite deletes it")
     run_dir = settings.run_dir
     args = training_arguments(settings)
-    checkpoint = _prepare_run_dir(settings, args, resume, overwrite)
-
-    from ginformer.data.tokenizer import build_protein_tokenizer
+    checkpoint = _check_run_dir(settings, resume, overwrite)
+    _barrier()  # every process has looked before the main process changes anything
 
     tokenizer = build_protein_tokenizer()
     train_examples, val_examples = build_datasets(settings.data, tokenizer)
@@ -85,6 +94,10 @@ def pretrain(
             f"{model.config.max_position_embeddings}; raise it or lower data.max_length"
         )
 
+    # Only now, with data and model built, does the run directory change: a bad setting leaves it untouched.
+    if args.process_index == 0:
+        _create_run_dir(settings, checkpoint, overwrite)
+    _barrier()
     metrics = MetricsLogger(run_dir / METRICS_FILE)
     trainer = _PretrainTrainer(
         model=model,
@@ -101,7 +114,7 @@ def pretrain(
                 "event": "start",
                 "step": 0,
                 "epoch": 0.0,
-                "parameters": sum(p.numel() for p in model.parameters()),
+                "parameters": count_parameters(model),
                 "hidden_size": model.config.hidden_size,
                 "world_size": args.world_size,
                 "train_examples": len(train_examples),
@@ -171,8 +184,6 @@ def training_arguments(settings: ExperimentSettings) -> TrainingArguments:
 
 def build_model(settings: ModelSettings, tokenizer: PreTrainedTokenizerBase):
     """A freshly initialised GinformerForCausalLM for this tokenizer, sized to target_params when it is set."""
-    from ginformer.modeling import GinformerForCausalLM
-
     config = settings.to_config(
         vocab_size=len(tokenizer),
         pad_token_id=tokenizer.pad_token_id,
@@ -186,14 +197,6 @@ def build_datasets(
     settings: DataSettings, tokenizer: PreTrainedTokenizerBase
 ) -> tuple[list[dict[str, list[int]]], list[dict[str, list[int]]]]:
     """Load, split and tokenise the protein examples: (train, val) lists of {input_ids, labels}."""
-    from ginformer.data.protein import (
-        bundled_protein_path,
-        format_protein_example,
-        format_protein_prompt,
-        load_protein_records,
-        split_records,
-    )
-
     source = bundled_protein_path() if settings.source == "bundled" else settings.source
     records = load_protein_records(
         source,
@@ -353,34 +356,32 @@ def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor,
     return nll.sum(dim=1), (targets != IGNORE_INDEX).sum(dim=1)
 
 
-def _prepare_run_dir(
-    settings: ExperimentSettings, args: TrainingArguments, resume: bool, overwrite: bool
-) -> str | None:
-    """Check the run directory against the flags, then (main process) create it and write config.yaml.
-    Returns the checkpoint to resume from, or None."""
+def _check_run_dir(settings: ExperimentSettings, resume: bool, overwrite: bool) -> str | None:
+    """Check the run directory against the flags without changing it; return the checkpoint to resume from."""
     run_dir = settings.run_dir
-    exists = run_dir.exists() and any(run_dir.iterdir())
-    checkpoint = None
     if resume:
         checkpoint = get_last_checkpoint(run_dir) if run_dir.is_dir() else None
         if checkpoint is None:
             raise FileNotFoundError(f"cannot resume: no checkpoint-N directory in {run_dir}")
         _check_resumable(settings, run_dir / CONFIG_FILE)
-    elif exists and not overwrite:
+        return checkpoint
+    if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
         raise FileExistsError(
             f"run directory {run_dir} already exists; pass --resume to continue it, --overwrite to replace it, "
             f"or choose another training.run_name"
         )
-    _barrier()  # every process has looked before the main process changes anything
-    if args.process_index == 0:
-        if overwrite and run_dir.exists():
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_settings(settings, run_dir / CONFIG_FILE)
-        if checkpoint is not None:
-            _truncate_metrics(run_dir / METRICS_FILE, _checkpoint_step(checkpoint))
-    _barrier()
-    return checkpoint
+    return None
+
+
+def _create_run_dir(settings: ExperimentSettings, checkpoint: str | None, overwrite: bool) -> None:
+    """(Re)create the run directory and write config.yaml; on resume, trim metrics.jsonl to the checkpoint."""
+    run_dir = settings.run_dir
+    if overwrite and run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_settings(settings, run_dir / CONFIG_FILE)
+    if checkpoint is not None:
+        _truncate_metrics(run_dir / METRICS_FILE, _checkpoint_step(checkpoint))
 
 
 def _check_resumable(settings: ExperimentSettings, saved_config: Path) -> None:
