@@ -197,7 +197,7 @@ def test_cli_reports_a_bad_config_in_one_line_with_exit_code_2(tmp_path, capsys)
     assert "section.key=value" in capsys.readouterr().err
 
 
-def test_cli_resume_and_overwrite_exclude_each_other(tmp_path):
+def test_cli_resume_and_overwrite_exclude_each_other():
     with pytest.raises(SystemExit) as exit_info:
         main(["pretrain", "--config", "x.yaml", "--resume", "--overwrite"])
     assert exit_info.value.code == 2

@@ -141,7 +141,8 @@ def test_pretrain_writes_config_metrics_checkpoints_and_model(tmp_path, tokenize
     _, val = build_datasets(settings.data, tokenizer)
     collate = CausalLMCollator(tokenizer.pad_token_id)
     with torch.no_grad():
-        per_example = [(model(**collate([e])).loss.item(), sum(t != IGNORE_INDEX for t in e["labels"][1:])) for e in val]
+        per_example = [(model(**collate([e])).loss.item(), sum(t != IGNORE_INDEX for t in e["labels"][1:]))
+                       for e in val]
     expected = sum(loss * n for loss, n in per_example) / sum(n for _, n in per_example)
     assert evals[6]["val_loss"] == pytest.approx(expected, rel=1e-5)
 

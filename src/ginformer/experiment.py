@@ -24,6 +24,7 @@ from typing import Any, Literal, Mapping, Sequence
 
 import yaml
 
+
 class ConfigError(ValueError):
     """A run config names an unknown key or holds a bad value; the message says which and what is allowed."""
 
@@ -106,7 +107,7 @@ class ModelSettings:
 class DataSettings:
     """Where the examples come from, which are kept, and which tokens carry the loss."""
 
-    source: str = "bundled"  # "bundled" (the copy shipped in data/), a local CSV/Parquet path, or a hub id
+    source: str = "bundled"  # "bundled" (the subset in data/protein/), a .parquet/.csv/.jsonl path, or a hub id
     max_length: int = 256  # keep proteins shorter than this many residues (the paper's filter)
     val_fraction: float = 0.1  # the paper holds out 10%
     split_seed: int = 42  # the split is fixed by this seed, independent of the training seed

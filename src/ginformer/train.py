@@ -16,8 +16,14 @@ metrics.jsonl events ("event" says which; every event has "step" and "epoch"):
 "graph" holds the model's learned graph scalars per layer (`GinformerForCausalLM.graph_parameters()`, e.g.
 the sharpening α of every layer), or {} for a model without them.
 
-Because the loop is transformers' Trainer, the same call runs unchanged under `torchrun --nproc_per_node N`
-and `accelerate launch`: every process runs `pretrain`, the main process alone writes files.
+Because the loop is transformers' Trainer, the same command runs unchanged on several processes:
+
+    torchrun --nproc_per_node 2 -m ginformer.cli pretrain --config ...
+    accelerate launch --multi_gpu --num_processes 2 -m ginformer.cli pretrain --config ...
+
+Without a GPU the processes form a gloo group on the CPU (`accelerate launch --cpu` starts one process only).
+Every process runs `pretrain`; the main process alone writes files. N processes with per-device batch b see
+the same examples per step, in the same order, as one process with batch N·b.
 """
 
 from __future__ import annotations
@@ -290,7 +296,12 @@ def metrics_event(logs: dict[str, float], step: int, epoch: float | None, model=
             "graph": _graph_parameters(model),
         }
     if "train_runtime" in logs:
-        return {"event": "end", **head, "train_runtime": logs["train_runtime"], "mean_train_loss": logs.get("train_loss")}
+        return {
+            "event": "end",
+            **head,
+            "train_runtime": logs["train_runtime"],
+            "mean_train_loss": logs.get("train_loss"),
+        }
     return None
 
 
@@ -328,7 +339,9 @@ class _PretrainTrainer(Trainer):
             raise _NonFiniteLoss(self.state.global_step + 1, loss.item())
         return loss
 
-    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"):
+    def evaluation_loop(
+        self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
+    ):
         model = self._wrap_model(self.model, training=False, dataloader=dataloader)
         model.eval()
         total_nll, total_tokens, num_samples = 0.0, 0, 0
