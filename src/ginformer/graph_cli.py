@@ -157,9 +157,9 @@ def run(args: argparse.Namespace) -> None:
                 graphs.to_networkx(layer, args.head, top_k=args.top_k), f"{stem}_graph",
                 f"layer {layer}, {source}: the {args.top_k} strongest incoming edges per token", layout=args.layout,
             ),
-            f"layer {layer}: causal graph of the {source}, {args.top_k} strongest edges per token (Fig. 2B)",
+            f"layer {layer}: causal graph ({source}), the {args.top_k} strongest edges per token (Fig. 2B)",
         )
-        note(graphs.export(f"{stem}_graph", layer, args.head), f"layer {layer}: causal graph of the {source}, every edge")
+        note(graphs.export(f"{stem}_graph", layer, args.head), f"layer {layer}: causal graph ({source}), every edge")
         sparse = adjacency_graph(stages["causal mask"], tokens, offset, token_ids=graphs.token_ids)
         described = {name: value for name, value in dataclasses.asdict(settings).items() if value is not None}
         sparse.graph.update(layer=layer, source="Sparse-GIN A'", **described)  # GraphML has no None

@@ -255,41 +255,42 @@ def attention_graphs(
         )
     start, stop = resolve_window(window, length)
 
+    keep = partial(_crop, start=start, stop=stop)
     captured: dict[int, Tensor] = {}
     attentions = {k: decoder[k].self_attn for k in selected}
     needs_eager = any(not isinstance(attn, GraphAttention) for attn in attentions.values())
     handles = []
     for k, attn in attentions.items():
         if isinstance(attn, GraphAttention):
-            handles.append(attn.register_forward_pre_hook(partial(_graph_layer_hook, captured, k), with_kwargs=True))
+            hook = partial(_graph_layer_hook, captured, k, keep)
+            handles.append(attn.register_forward_pre_hook(hook, with_kwargs=True))
         else:
-            handles.append(attn.register_forward_hook(partial(_attention_layer_hook, captured, k)))
-    graphs = []
+            handles.append(attn.register_forward_hook(partial(_attention_layer_hook, captured, k, keep)))
+    used = []
     try:
         with _eval_mode(model), _eager(base, adapted is not None, needs_eager), torch.no_grad():
             device = next(base.parameters()).device
             capture = adapted.capture_adjacency() if adapted is not None else contextlib.nullcontext([])
-            with capture as graphs:
+            with capture as used:
                 model(input_ids=token_ids.to(device), use_cache=False)
     finally:
         for handle in handles:
             handle.remove()
 
-    crop = (slice(None), slice(start, stop), slice(start, stop))
     ids = token_ids[0, start:stop].tolist()
     result = AttentionGraphs(
         text=text,
         tokens=token_labels(tokenizer, ids),
         token_ids=ids,
         offset=start,
-        heads={k: captured[k][crop].float().cpu() for k in selected},
+        heads={k: captured[k] for k in selected},
         kinds={k: describe(attentions[k]) for k in selected},
     )
     if adapted is not None:
         config = adapted.sparse_gin_config
-        for layer_graph in graphs:
+        for layer_graph in used:
             if layer_graph.layer in attentions:
-                result.aggregated[layer_graph.layer] = layer_graph.aggregated[0][crop[1:]].float().cpu()
+                result.aggregated[layer_graph.layer] = keep(layer_graph.aggregated[0])
         for k in selected:
             adapter = adapted.adapters[k]
             result.sparse_settings[k] = SparseSettings(
@@ -340,20 +341,25 @@ def describe(attention: nn.Module) -> str:
     return f"{name} A' ({details})"
 
 
-def _graph_layer_hook(captured: dict[int, Tensor], layer: int, module: GraphAttention, args: tuple, kwargs: dict) -> None:
+def _crop(matrix: Tensor, start: int, stop: int) -> Tensor:
+    """(..., T, T) -> (..., W, W) window, as a float32 CPU copy: nothing keeps the full matrix alive."""
+    return matrix[..., start:stop, start:stop].to(device="cpu", dtype=torch.float32, copy=True)
+
+
+def _graph_layer_hook(captured, layer: int, keep, module: GraphAttention, args: tuple, kwargs: dict) -> None:
     bound = pyinspect.signature(module.forward).bind(*args, **kwargs).arguments
     adjacency = module.adjacency(bound["hidden_states"], bound["position_embeddings"], bound.get("attention_mask"))
-    captured[layer] = adjacency[0]  # (H, T, T)
+    captured[layer] = keep(adjacency[0])  # (H, T, T)
 
 
-def _attention_layer_hook(captured: dict[int, Tensor], layer: int, module: nn.Module, args: tuple, output) -> None:
+def _attention_layer_hook(captured, layer: int, keep, module: nn.Module, args: tuple, output) -> None:
     weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
     if weights is None:
         raise RuntimeError(
             f"layer {layer}'s attention ({type(module).__name__}) returned no attention probabilities; "
             "the model must support eager attention (set_attn_implementation('eager'))"
         )
-    captured[layer] = weights[0]  # (H, T, T)
+    captured[layer] = keep(weights[0])  # (H, T, T)
 
 
 @contextlib.contextmanager
