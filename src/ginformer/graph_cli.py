@@ -23,6 +23,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ginformer.adapter.config import SparseGINConfig
+
 DEFAULT_ROOT = Path("runs/graphs")
 LAYOUTS = ("arc", "spring", "circular")
 
@@ -45,15 +47,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "the model still reads the whole text",
     )
     parser.add_argument("--top-k", type=int, default=3, help="edges drawn per token in the causal graph (default 3)")
-    parser.add_argument("--layout", choices=LAYOUTS, default="arc", help="causal graph layout (default arc: reading order)")
+    parser.add_argument(
+        "--layout", choices=LAYOUTS, default="arc", help="causal graph layout (default arc: reading order)"
+    )
     parser.add_argument(
         "--gamma", type=float, default=0.5,
         help="colour-scale exponent of the attention heatmaps: < 1 shows the weak edges next to strong attention sinks "
         "(default 0.5; 1 is linear)",
     )
-    parser.add_argument("--alpha", type=float, help="Sparse-GIN sigmoid slope α for the stages (default: the adapter's, else 10)")
-    parser.add_argument("--tau", type=float, help="Sparse-GIN sigmoid centre τ for the stages (default: the adapter's, else 0.5)")
-    parser.add_argument("--epsilon", type=float, help="Sparse-GIN edge threshold ε for the stages (default: the adapter's, else 0.2)")
+    defaults = SparseGINConfig()
+    for name, meaning, default in (
+        ("alpha", "sigmoid slope α", defaults.alpha),
+        ("tau", "sigmoid centre τ", defaults.tau),
+        ("epsilon", "edge threshold ε", defaults.edge_threshold),
+    ):
+        parser.add_argument(
+            f"--{name}", type=float, help=f"Sparse-GIN {meaning} for the stages (default: the adapter's, else {default:g})"
+        )
     parser.add_argument("--out", type=Path, help="output directory (default runs/graphs/<model>-<first words of text>)")
 
 
@@ -124,7 +134,9 @@ def run(args: argparse.Namespace) -> None:
         kind = graphs.kinds[layer] + (" + Sparse-GIN adapter" if args.adapter else "")
         stem = out / f"layer{layer:02d}"
         note(
-            plots.plot_head_grid(graphs.heads[layer], tokens, f"{stem}_heads", f"layer {layer}: {kind}", offset, args.gamma),
+            plots.plot_head_grid(
+                graphs.heads[layer], tokens, f"{stem}_heads", f"layer {layer}: {kind}", offset, args.gamma
+            ),
             f"layer {layer}: every head's adjacency (Fig. 2A)",
         )
         if args.head is not None:
@@ -147,7 +159,8 @@ def run(args: argparse.Namespace) -> None:
         note(
             plots.plot_stages(
                 {f"{name}\n{STAGES[name]}": matrix for name, matrix in stages.items()}, tokens, f"{stem}_stages",
-                f"layer {layer}: Sparse-GIN stages (α={settings.alpha:g}, τ={settings.tau:g}, ε={settings.epsilon:g})",
+                f"layer {layer}: Sparse-GIN stages "
+                f"(α={settings.alpha:g}, τ={settings.tau:g}, ε={settings.epsilon:g})",
                 offset,
             ),
             f"layer {layer}: Sparse-GIN stages, sum and clamp → sigmoid → ε-threshold → causal mask (Fig. 15)",

@@ -158,10 +158,13 @@ class AttentionGraphs:
         :func:`adjacency_graph`."""
         matrix = self.summed(layer) if head is None else self.head(layer, head)
         graph = adjacency_graph(matrix, self.tokens, self.offset, top_k=top_k, token_ids=self.token_ids)
-        graph.graph.update(layer=layer, source="sum over heads" if head is None else f"head {head}", kind=self.kinds[layer])
+        source = "sum over heads" if head is None else f"head {head}"
+        graph.graph.update(layer=layer, source=source, kind=self.kinds[layer])
         return graph
 
-    def export(self, path_stem: str | Path, layer: int, head: int | None = None, top_k: int | None = None) -> list[Path]:
+    def export(
+        self, path_stem: str | Path, layer: int, head: int | None = None, top_k: int | None = None
+    ) -> list[Path]:
         """Write the graph of :meth:`to_networkx` as ``path_stem``.graphml and .json (networkx node-link)."""
         return write_graph(self.to_networkx(layer, head, top_k), path_stem)
 
@@ -180,7 +183,9 @@ def adjacency_graph(
     """
     matrix = adjacency.detach().float().cpu()
     if matrix.dim() != 2 or matrix.shape[0] != matrix.shape[1] or matrix.shape[0] != len(tokens):
-        raise ValueError(f"adjacency of shape {tuple(matrix.shape)} does not match {len(tokens)} tokens: expected (T, T)")
+        raise ValueError(
+            f"adjacency of shape {tuple(matrix.shape)} does not match {len(tokens)} tokens: expected (T, T)"
+        )
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be None or >= 1, got {top_k}")
     size = len(tokens)
@@ -306,7 +311,9 @@ def select_layers(layers: Sequence[int] | None, count: int) -> list[int]:
     resolved = set()
     for layer in layers:
         if not -count <= layer < count:
-            raise ValueError(f"layer {layer} out of range: the model has {count} layers (0–{count - 1}, or -{count}–-1)")
+            raise ValueError(
+                f"layer {layer} out of range: the model has {count} layers (0–{count - 1}, or -{count}–-1)"
+            )
         resolved.add(layer % count)
     if not resolved:
         raise ValueError("layers is empty: name at least one layer, or pass None for all")

@@ -92,7 +92,9 @@ def save(fig: Figure, path_stem: str | Path) -> Paths:
 # Attention graphs
 
 
-def token_ticks(tokens: Sequence[str], offset: int = 0, max_labels: int = MAX_TOKEN_LABELS) -> tuple[list[int], list[str]]:
+def token_ticks(
+    tokens: Sequence[str], offset: int = 0, max_labels: int = MAX_TOKEN_LABELS
+) -> tuple[list[int], list[str]]:
     """Tick positions and labels for a token axis: every token when they fit, else every k-th token labelled
     ``position:token`` (position counted from the start of the text, ``offset`` being the first one shown)."""
     step = max(1, math.ceil(len(tokens) / max_labels))
@@ -129,7 +131,9 @@ def _scale_note(label: str, gamma: float) -> str:
     return label if gamma == 1.0 else f"{label} (colour ∝ weight^{gamma:g})"
 
 
-def _draw_adjacency(ax, matrix, tokens, offset, *, norm, mask_future, x_labels=True, y_labels=True, max_labels=MAX_TOKEN_LABELS):
+def _draw_adjacency(
+    ax, matrix, tokens, offset, *, norm, mask_future, x_labels=True, y_labels=True, max_labels=MAX_TOKEN_LABELS
+):
     """One heatmap: queries (receivers) down, keys (senders) across."""
     shown = np.ma.masked_where(np.triu(np.ones_like(matrix, dtype=bool), 1), matrix) if mask_future else matrix
     cmap = matplotlib.colormaps[ADJACENCY_CMAP].with_extremes(bad=FUTURE_COLOUR)
@@ -429,7 +433,9 @@ def _horizontal_bars(ax, names: list[str], samples: list[np.ndarray], fmt: str) 
         if sample.size > 1:
             ax.scatter(sample, np.full(sample.size, row), s=8, color="#222222", zorder=3)
     for row, mean, error in zip(rows, means, errors):
-        ax.annotate(format(mean, fmt), (mean + error, row), xytext=(4, 0), textcoords="offset points", va="center", fontsize=7)
+        ax.annotate(
+            format(mean, fmt), (mean + error, row), xytext=(4, 0), textcoords="offset points", va="center", fontsize=7
+        )
     ax.set_yticks(rows, names)
     ax.grid(axis="y", visible=False)
     ax.margins(x=0.15)
@@ -473,7 +479,8 @@ def plot_generalisation_gap(
     name the same variants, each with a number or one number per seed (paired by position)."""
     if set(train_loss) != set(val_loss):
         raise ValueError(
-            f"train_loss and val_loss must name the same variants; only in train_loss: {sorted(set(train_loss) - set(val_loss))}, "
+            "train_loss and val_loss must name the same variants; "
+            f"only in train_loss: {sorted(set(train_loss) - set(val_loss))}, "
             f"only in val_loss: {sorted(set(val_loss) - set(train_loss))}"
         )
     if not train_loss:
@@ -594,7 +601,9 @@ def _lambda_matrix(history: Sequence[tuple[float, Sequence[float]]]) -> tuple[np
     records = sorted((float(step), list(map(float, lam))) for step, lam in history)
     widths = {len(lam) for _, lam in records}
     if len(widths) != 1 or 0 in widths:
-        raise ValueError(f"every history record must list λ for the same, non-zero number of layers; got {sorted(widths)}")
+        raise ValueError(
+            f"every history record must list λ for the same, non-zero number of layers; got {sorted(widths)}"
+        )
     return np.asarray([s for s, _ in records]), np.asarray([lam for _, lam in records])
 
 
