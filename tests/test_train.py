@@ -59,6 +59,15 @@ def events(metrics: list[dict], kind: str) -> dict[int, dict]:
     return {m["step"]: m for m in metrics if m["event"] == kind}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from a second thread, and on a busy machine OpenMP threads stall each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def tokenizer():
     return build_protein_tokenizer()
@@ -186,7 +195,7 @@ class _CrashAfterSave(TrainerCallback):
 def test_resume_reaches_the_same_losses_as_an_uninterrupted_run(tmp_path):
     # 14 examples in steps of 2 × 2 (gradient accumulation): epochs end mid-step, dropout draws random numbers.
     common = ["data.max_train_examples=14", "training.per_device_train_batch_size=2",
-              "training.gradient_accumulation_steps=2", "training.max_steps=9", "model.gin_mlp_dropout=0.1"]
+              "training.gradient_accumulation_steps=2", "training.max_steps=7", "model.gin_mlp_dropout=0.1"]
     uninterrupted = read_metrics(pretrain(tiny_settings(tmp_path, *common, "training.run_name=whole")))
 
     settings = tiny_settings(tmp_path, *common, "training.run_name=resumed")
@@ -201,7 +210,7 @@ def test_resume_reaches_the_same_losses_as_an_uninterrupted_run(tmp_path):
         assert sorted(a) == sorted(b)
         for step in a:
             assert abs(a[step][key] - b[step][key]) <= 1e-4, (kind, step)
-        assert a[9 if kind == "train" else 6][key] != a[1 if kind == "train" else 3][key]  # it did train
+        assert a[max(a)][key] < a[min(a)][key]  # it did train
 
     with pytest.raises(ConfigError, match="model.hidden_size"):
         pretrain(tiny_settings(tmp_path, *common, "training.run_name=resumed", "model.hidden_size=64"), resume=True)
