@@ -3,7 +3,11 @@ the fine-tuning comparison. Tiny random Llama bases and a tiny tokenizer trained
 
 import json
 import math
+import os
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -238,6 +242,37 @@ def test_lora_rank_is_matched_to_the_sparse_gin_budget(tmp_path, base_dir, task_
     assert (start["trainable_parameters"], start["lora_rank"], start["graph"]) == (1344, 3, {})
     evals = [e for e in read_metrics(run_dir) if e["event"] == "eval"]
     assert evaluate_finetune_run(run_dir, generate=0).loss == pytest.approx(evals[-1]["val_loss"], rel=1e-5)
+
+
+def test_torchrun_two_processes_equal_one_process_with_twice_the_batch(tmp_path, base_dir, task_files):
+    """Sparse-GIN under torchrun (2 × batch 2, gloo on CPU) follows the single-process run with batch 4: same
+    losses and the same λ; GIN dropout is off so both draw no random numbers (see test_train for the tolerance)."""
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({}))
+    common = ["model.sparse_gin.dropout=0.0", "training.max_steps=2", "training.save_steps=100"]
+    settings = tiny(tmp_path, base_dir, task_files, *common)
+    sets = [arg for item in [f"model.base={base_dir}", f"model.sparse_gin.d_gnn={D_GNN}",
+                             f"data.source={task_files / 'gsm8k.jsonl'}", "data.max_length=128",
+                             "data.max_train_examples=16", "data.max_val_examples=4", f"training.output_root={tmp_path}",
+                             "training.run_name=two", "training.per_device_train_batch_size=2",
+                             "training.gradient_accumulation_steps=1", "training.warmup_steps=0",
+                             "training.learning_rate=1.0e-2", "training.logging_steps=1", "training.eval_steps=2",
+                             *common] for arg in ("--set", item)]
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "ginformer.cli", "finetune", "--config", str(config), *sets],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    two = read_metrics(tmp_path / "two")
+    one = read_metrics(finetune(settings))
+    assert two[0]["world_size"] == 2 and one[0]["world_size"] == 1
+    a, b = ([e for e in run if e["event"] == "train"] for run in (two, one))
+    assert [e["step"] for e in a] == [e["step"] for e in b] == [1, 2]
+    assert [e["train_loss"] for e in a] == pytest.approx([e["train_loss"] for e in b], rel=1e-5)
+    assert a[-1]["graph"]["lambda"] == pytest.approx(b[-1]["graph"]["lambda"], rel=1e-4)
 
 
 def test_method_none_trains_nothing_and_records_the_base(tmp_path, base_dir, task_files):
