@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Callable, Sequence
 
 
@@ -36,9 +37,73 @@ def _pretrain(args: argparse.Namespace) -> None:
     print(f"run written to {run_dir}")
 
 
+def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--run", dest="run_dir", required=True, help="a run directory written by pretrain, e.g. runs/protein_demo_gin"
+    )
+    parser.add_argument(
+        "--data", help="a protein file (.parquet/.csv/.jsonl, the dataset's columns); default: the run's validation split"
+    )
+    parser.add_argument("--batch-size", type=int, help="evaluation batch size (default: the run's eval batch size)")
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from ginformer.evaluate import evaluate_run, format_evaluation
+
+    result = evaluate_run(args.run_dir, args.data, batch_size=args.batch_size)
+    print(format_evaluation(result))
+    print(f"\nwritten to {result.run}/eval_{'val' if args.data is None else Path(args.data).stem}.json")
+
+
+def _compare_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="compare config YAML, e.g. configs/protein_compare.yaml")
+    _comparison_options(parser)
+
+
+def _compare(args: argparse.Namespace) -> None:
+    from ginformer.compare import load_compare_settings, run_compare
+    from ginformer.train import TrainingDiverged
+
+    try:
+        root = run_compare(load_compare_settings(args.config, args.overrides), overwrite=args.overwrite)
+    except TrainingDiverged as err:
+        print(f"ginformer compare: stopped: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+    _print_comparison(root)
+
+
+def _comparison_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one value of the base run config (YAML-parsed), e.g. --set training.max_steps=20; repeatable",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="delete the comparison directory and train again")
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from ginformer.compare import run_demo
+
+    root, seconds = run_demo(overwrite=args.overwrite, overrides=args.overrides)
+    _print_comparison(root)
+    print(f"demo wall time: {seconds / 60:.1f} min (finished runs are reused; --overwrite trains again)")
+
+
+def _print_comparison(root: Path) -> None:
+    print()
+    print((root / "summary.md").read_text())
+    print(f"summary: {root / 'summary.md'}, {root / 'summary.csv'} (per run: {root / 'runs.csv'})")
+    print(f"figures: {root / 'figures'}/")
+
 # name -> (help, add_arguments, run)
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], None]]] = {
     "pretrain": ("train a model from scratch as a run config describes", _pretrain_arguments, _pretrain),
+    "evaluate": ("loss, perplexity and label accuracy of a trained run", _evaluate_arguments, _evaluate),
+    "compare": ("train variants × seeds at a matched size; write a summary and figures", _compare_arguments, _compare),
+    "demo": ("the CPU comparison of reference and GIN attention on the bundled proteins", _comparison_options, _demo),
 }
 
 

@@ -1,0 +1,240 @@
+"""ginformer compare: config validation, summary maths by hand, and an end-to-end comparison of two tiny variants
+× two seeds that writes the summary and the figures, then reuses its finished runs and resumes an unfinished one."""
+
+import csv
+import json
+import math
+import shutil
+import statistics
+from pathlib import Path
+
+import matplotlib.image
+import pytest
+import yaml
+
+import ginformer.evaluate
+import ginformer.train
+from ginformer.cli import main
+from ginformer.compare import (
+    DEMO_CONFIG,
+    compare_settings_from_dict,
+    format_mean_std,
+    load_compare_settings,
+    mean_std,
+    run_compare,
+    run_summary,
+    summary_table,
+    variant_parameters,
+)
+from ginformer.data.tokenizer import build_protein_tokenizer
+from ginformer.experiment import ConfigError
+from ginformer.sizing import count_parameters
+from ginformer.train import build_model
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+TINY_BASE = {  # short proteins and few steps keep four runs within seconds
+    "model": {"num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 64},
+    "data": {"max_length": 48, "max_train_examples": 8, "max_val_examples": 4},
+    "training": {
+        "max_steps": 2, "per_device_train_batch_size": 4, "per_device_eval_batch_size": 4,
+        "gradient_accumulation_steps": 1, "warmup_steps": 1, "learning_rate": 1.0e-3,
+        "logging_steps": 1, "eval_steps": 1, "save_steps": 2,
+    },
+}
+
+
+def tiny_config(root: Path, **changes) -> dict:
+    config = {
+        "name": "tiny_compare",
+        "seeds": [3, 4],
+        "target_params": 40_000,
+        "variants": {"gin_half": {"gin_mlp_multiplier": 0.5}, "gin_two": {"gin_mlp_multiplier": 2.0}},
+        **{section: dict(values) for section, values in TINY_BASE.items()},
+    }
+    config["training"]["output_root"] = str(root)
+    config.update(changes)
+    return config
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"seed": [1]}, "unknown key in compare config: 'seed'"),
+        ({"seeds": []}, "seeds=\\[\\] is not allowed"),
+        ({"seeds": [1, 1]}, "distinct"),
+        ({"target_params": 0}, "target_params=0 is not allowed"),
+        ({"name": "a/b"}, "name='a/b' is not allowed"),
+        ({"variants": {}}, "variants must be a non-empty mapping"),
+        ({"variants": {"gin": {"gin_mlp_multipler": 2}}}, "variant 'gin': unknown model setting 'gin_mlp_multipler'"),
+        ({"variants": {"gin": {"target_params": 5}}}, "unknown model setting 'target_params'"),
+        ({"variants": {"gin": {"attention_kind": "gcn"}}}, "variant 'gin': .*attention_kind"),
+        ({"training": {"seed": 5}}, "training.seed cannot be set in a compare config: set `seeds`"),
+        ({"training": {"run_name": "x"}}, "training.run_name cannot be set"),
+    ],
+)
+def test_bad_compare_configs_name_the_problem(tmp_path, change, message):
+    config = tiny_config(tmp_path)
+    config.update(change)
+    with pytest.raises(ConfigError, match=message):
+        compare_settings_from_dict(config)
+
+
+def test_missing_keys_and_overrides(tmp_path):
+    config = tiny_config(tmp_path)
+    del config["seeds"]
+    with pytest.raises(ConfigError, match="compare config misses seeds"):
+        compare_settings_from_dict(config)
+    settings = compare_settings_from_dict(tiny_config(tmp_path), ["training.max_steps=9"])
+    run = settings.run_settings("gin_two", 4)
+    assert (run.training.max_steps, run.training.seed, run.model.gin_mlp_multiplier) == (9, 4, 2.0)
+    assert run.run_dir == tmp_path / "tiny_compare" / "gin_two" / "seed4"
+
+
+def test_variants_are_sized_to_the_same_parameter_count(tmp_path):
+    config = tiny_config(tmp_path, variants={"reference": {"attention_kind": "standard"}, "gin": {"attention_kind": "gin"}})
+    settings = compare_settings_from_dict(config)
+    sizes = variant_parameters(settings)
+    tokenizer = build_protein_tokenizer()
+    for variant, (parameters, hidden_size) in sizes.items():
+        model = build_model(settings.run_settings(variant, 3).model, tokenizer)  # what pretrain will train
+        assert (count_parameters(model), model.config.hidden_size) == (parameters, hidden_size)
+        assert abs(parameters - 40_000) <= 0.05 * 40_000
+
+
+def test_mean_std_and_format_by_hand():
+    mean, std = mean_std([1.0, 2.0, 3.0, 4.0])
+    assert mean == 2.5 and std == pytest.approx(math.sqrt(5 / 3))  # sample deviation: Σ(x − 2.5)² / 3
+    assert mean_std([7.0]) == (7.0, 0.0)
+    assert format_mean_std([1.0, 2.0, 3.0, 4.0], ".2f") == "2.50 ± 1.29"
+    assert format_mean_std([7.0], ".2f") == "7.00"
+
+
+def synthetic_metrics(val_losses, train_losses, runtime=12.5, sharpening=(1.2, 0.8)):
+    events = [{"event": "start", "step": 0, "epoch": 0.0, "parameters": 1000, "hidden_size": 16}]
+    for step, loss in train_losses:
+        events.append({"event": "train", "step": step, "epoch": 0.1, "train_loss": loss, "graph": {}})
+    for step, loss in val_losses:
+        events.append({"event": "eval", "step": step, "epoch": 0.1, "val_loss": loss,
+                       "val_perplexity": math.exp(loss), "graph": {"sharpening": list(sharpening)}})
+    events.append({"event": "end", "step": max(s for s, _ in val_losses), "epoch": 1.0, "train_runtime": runtime})
+    return events
+
+
+EVALUATION = {"accuracy": {"primary": 0.5, "secondary": 0.25, "both": 0.25, "non_label": 0.0, "examples": 4}}
+
+
+def test_run_summary_by_hand():
+    metrics = synthetic_metrics(val_losses=[(10, 2.5), (20, 2.0), (30, 2.2)], train_losses=[(10, 2.6), (20, 1.5), (30, 1.6)])
+    run = run_summary("gin", 7, metrics, EVALUATION)
+    assert run.min_val_loss == 2.0 and run.best_step == 20
+    assert run.min_val_perplexity == pytest.approx(math.exp(2.0))
+    assert run.min_train_loss == 1.5
+    assert run.gap == pytest.approx(0.5) and run.ratio == pytest.approx(0.75)
+    assert (run.primary, run.both, run.wall_time_s, run.steps) == (0.5, 0.25, 12.5, 30)
+    assert run.sharpening == [1.2, 0.8]
+    with pytest.raises(ValueError, match="metrics need a start event, train events and eval events"):
+        run_summary("gin", 7, [e for e in metrics if e["event"] != "eval"], EVALUATION)
+
+
+def test_summary_table_means_over_seeds_and_the_baseline_row():
+    runs = [
+        run_summary("gin", 0, synthetic_metrics([(10, 2.0)], [(10, 1.0)]), EVALUATION),
+        run_summary("gin", 1, synthetic_metrics([(10, 3.0)], [(10, 2.0)]), EVALUATION),
+    ]
+    table = summary_table(runs, {"min_val_perplexity": 19.5, "primary": 0.4, "secondary": 0.6, "both": 0.3})
+    gin_row, baseline_row = table.splitlines()[2:]
+    ppl_mean, ppl_std = statistics.fmean([math.exp(2), math.exp(3)]), statistics.stdev([math.exp(2), math.exp(3)])
+    assert f"{ppl_mean:.3f} ± {ppl_std:.3f}" in gin_row and "| 0,1 " in gin_row
+    assert "1.0000 ± 0.0000" in gin_row  # the gap is 1.0 for both seeds
+    assert "19.500" in baseline_row and "0.400" in baseline_row
+
+
+def read_csv(path: Path) -> list[dict]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_compare_end_to_end_writes_summary_and_figures_then_reuses_finished_runs(tmp_path, monkeypatch, capsys):
+    config_path = tmp_path / "compare.yaml"
+    config_path.write_text(yaml.safe_dump(tiny_config(tmp_path / "runs")))
+    root = run_compare(load_compare_settings(config_path))
+    assert root == tmp_path / "runs" / "tiny_compare"
+
+    for variant in ("gin_half", "gin_two"):
+        for seed in (3, 4):
+            run_dir = root / variant / f"seed{seed}"
+            assert (run_dir / "model" / "config.json").is_file() and (run_dir / "eval_val.json").is_file()
+            assert yaml.safe_load((run_dir / "config.yaml").read_text())["training"]["seed"] == seed
+
+    # summary.csv against the runs' own metrics, recomputed here.
+    summary = {row["variant"]: row for row in read_csv(root / "summary.csv")}
+    assert set(summary) == {"gin_half", "gin_two", "baseline"}
+    for variant in ("gin_half", "gin_two"):
+        best = []
+        for seed in (3, 4):
+            events = [json.loads(line) for line in (root / variant / f"seed{seed}" / "metrics.jsonl").read_text().splitlines()]
+            best.append(math.exp(min(e["val_loss"] for e in events if e["event"] == "eval")))
+        assert float(summary[variant]["min_val_perplexity_mean"]) == pytest.approx(statistics.fmean(best))
+        assert float(summary[variant]["min_val_perplexity_std"]) == pytest.approx(statistics.stdev(best))
+        assert summary[variant]["seeds"] == "3 4"
+    evaluation = json.loads((root / "gin_half" / "seed3" / "eval_val.json").read_text())
+    assert float(summary["baseline"]["both_mean"]) == pytest.approx(evaluation["baseline"]["pair_accuracy"])
+    assert len(read_csv(root / "runs.csv")) == 4
+    markdown = (root / "summary.md").read_text()
+    assert "baseline" in markdown and "seeds [3, 4]" in markdown and "40,000 parameters" in markdown
+
+    figures = sorted(p.name for p in (root / "figures").glob("*.png"))
+    assert figures == [
+        "fig4a_train_loss.png", "fig4b_val_perplexity.png", "fig5_sharpening_per_layer.png",
+        "fig6a_min_val_perplexity.png", "fig6b_min_train_loss.png", "fig7_generalisation_gap.png",
+        "fig8_val_perplexity_vs_gamma.png",
+    ]
+    for name in figures:
+        image = matplotlib.image.imread(root / "figures" / name)
+        assert image.ndim == 3 and min(image.shape[:2]) > 100
+        assert (root / "figures" / name).with_suffix(".svg").is_file()
+
+    # A second call trains and evaluates nothing again: finished runs are reused.
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished run was trained or evaluated again")
+
+    monkeypatch.setattr(ginformer.train, "pretrain", refuse)
+    monkeypatch.setattr(ginformer.evaluate, "evaluate_run", refuse)
+    assert main(["compare", "--config", str(config_path)]) == 0
+    assert "| gin_half" in capsys.readouterr().out
+
+    # A finished run trained with other settings is never silently reused.
+    assert main(["compare", "--config", str(config_path), "--set", "training.learning_rate=0.5"]) == 2
+    assert "was trained with other settings (training.learning_rate)" in capsys.readouterr().err
+    monkeypatch.undo()
+
+    # An unfinished run (a checkpoint, no final model) resumes from its checkpoint.
+    unfinished = root / "gin_two" / "seed4"
+    shutil.rmtree(unfinished / "model")
+    (unfinished / "eval_val.json").unlink()
+    calls = []
+    real_pretrain = ginformer.train.pretrain
+
+    def spy(settings, resume=False, overwrite=False):
+        calls.append((settings.run_dir, resume, overwrite))
+        return real_pretrain(settings, resume=resume, overwrite=overwrite)
+
+    monkeypatch.setattr(ginformer.train, "pretrain", spy)
+    run_compare(load_compare_settings(config_path))
+    assert calls == [(unfinished, True, False)]
+    assert (unfinished / "model" / "config.json").is_file() and (unfinished / "eval_val.json").is_file()
+
+
+def test_shipped_compare_configs_load_and_size(tmp_path):
+    demo = load_compare_settings(DEMO_CONFIG)
+    assert demo.variants.keys() >= {"reference", "gin"}
+    sizes = variant_parameters(demo)
+    for parameters, _ in sizes.values():
+        assert 0.95e6 <= parameters <= 3_000_000
+    assert sizes["reference"][1] != sizes["gin"][1]  # matched by the hidden size, not by equal architectures
+    paper = load_compare_settings(CONFIGS / "protein_compare_paper.yaml")
+    assert len(paper.seeds) == 3 and paper.target_params == 25_000_000
+    run = paper.run_settings("gin_best", paper.seeds[0])
+    assert (run.model.num_hidden_layers, run.model.num_attention_heads) == (6, 8)
+    assert run.model.gin_mlp_multiplier == 0.5 and run.model.use_o_proj is False and run.model.learn_sharpening
