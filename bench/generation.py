@@ -1,0 +1,84 @@
+"""Greedy generation speed with a KV cache, per attention kind, and for a Sparse-GIN-adapted model.
+
+Variants (same sizes; random weights, since only speed is measured):
+    standard     GinformerForCausalLM with attention_kind="standard", i.e. a plain Llama
+    gin          GIN-Attention (fast path)
+    pna          PNA-Attention
+    sparse-gin   the standard model, frozen, with ginformer.adapter's Sparse-GIN branch in every layer
+Every variant generates exactly --new-tokens tokens (no end-of-sequence token) after a random prompt. Before
+timing, each variant's cached greedy output is checked against an uncached run (fast but wrong is not fast).
+
+    python bench/generation.py                    # batch 1, prompt 64, 128 new tokens
+"""
+
+import argparse
+
+import torch
+from common import add_common_args, build_model, machine, model_config, print_table, save_results, setup, time_side_by_side
+
+from ginformer.adapter import SparseGINConfig, get_sparse_gin_model
+
+VARIANTS = ("standard", "gin", "pna", "sparse-gin")
+
+
+def build_variant(name: str, args: argparse.Namespace, device: torch.device, dtype: torch.dtype):
+    kind = "standard" if name == "sparse-gin" else name
+    model = build_model(model_config(kind, hidden=args.hidden, heads=args.heads, layers=args.layers), device, dtype)
+    if name == "sparse-gin":
+        model = get_sparse_gin_model(model, SparseGINConfig())
+    model.eval()
+    model.generation_config.eos_token_id = None  # generate exactly max_new_tokens
+    model.generation_config.pad_token_id = 0
+    return model
+
+
+def greedy(model, prompt: torch.Tensor, new_tokens: int, use_cache: bool = True) -> torch.Tensor:
+    with torch.no_grad():
+        return model.generate(prompt, max_new_tokens=new_tokens, do_sample=False, use_cache=use_cache)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--prompt", type=int, default=64, help="prompt length in tokens")
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    args = add_common_args(parser).parse_args()
+    device, dtype = setup(args)
+    print(
+        f"machine: {machine()}; dtype {args.dtype}; hidden {args.hidden}, {args.heads} heads, {args.layers} layers; "
+        f"batch {args.batch}, prompt {args.prompt}, {args.new_tokens} new tokens"
+    )
+    prompt = torch.randint(0, 256, (args.batch, args.prompt), device=device)
+    models = {name: build_variant(name, args, device, dtype) for name in args.variants}
+    check_tokens = min(16, args.new_tokens)
+    cache_matches = {
+        name: torch.equal(greedy(model, prompt, check_tokens), greedy(model, prompt, check_tokens, use_cache=False))
+        for name, model in models.items()
+    }
+    seconds = time_side_by_side(
+        {name: (lambda model=model: greedy(model, prompt, args.new_tokens)) for name, model in models.items()},
+        device,
+        repeats=args.repeats,
+    )
+    reference = seconds.get("standard")
+    rows, results = [], []
+    for name in args.variants:
+        tokens_per_s = args.batch * args.new_tokens / seconds[name]
+        slowdown = seconds[name] / reference if reference else float("nan")
+        rows.append([name, seconds[name] * 1000, tokens_per_s, slowdown, "yes" if cache_matches[name] else "NO"])
+        results.append(dict(variant=name, seconds=seconds[name], tokens_per_s=tokens_per_s, cache_matches=cache_matches[name]))
+    print_table(
+        f"greedy generation with KV cache, median of {args.repeats} (round-robin)",
+        ["variant", "ms", "tokens/s", "time × standard", f"cached == uncached ({check_tokens} tokens)"],
+        rows,
+    )
+    save_results(args, "generation", {"rows": results})
+
+
+if __name__ == "__main__":
+    main()
