@@ -30,6 +30,7 @@ from ginformer.finetune import (
 from ginformer.finetune_compare import (
     finetune_compare_settings_from_dict,
     finetune_run_summary,
+    is_finetune_compare_config,
     mean_lambda_history,
     run_finetune_compare,
 )
@@ -227,7 +228,7 @@ def test_resume_equals_the_uninterrupted_run(tmp_path, base_dir, task_files):
 
 
 def test_lora_rank_is_matched_to_the_sparse_gin_budget(tmp_path, base_dir, task_files):
-    settings = tiny(tmp_path, base_dir, task_files, "model.method=lora", "training.max_steps=2")
+    settings = tiny(tmp_path, base_dir, task_files, "model.method=lora", "training.max_steps=2", "training.bf16=true")
     built = build_finetune_model(settings.model)
     base = LlamaForCausalLM.from_pretrained(base_dir)
     assert built.budget == sparse_gin_parameter_count(base, settings.model.sparse_gin)
@@ -253,7 +254,8 @@ def test_torchrun_two_processes_equal_one_process_with_twice_the_batch(tmp_path,
     settings = tiny(tmp_path, base_dir, task_files, *common)
     sets = [arg for item in [f"model.base={base_dir}", f"model.sparse_gin.d_gnn={D_GNN}",
                              f"data.source={task_files / 'gsm8k.jsonl'}", "data.max_length=128",
-                             "data.max_train_examples=16", "data.max_val_examples=4", f"training.output_root={tmp_path}",
+                             "data.max_train_examples=16", "data.max_val_examples=4",
+                             f"training.output_root={tmp_path}",
                              "training.run_name=two", "training.per_device_train_batch_size=2",
                              "training.gradient_accumulation_steps=1", "training.warmup_steps=0",
                              "training.learning_rate=1.0e-2", "training.logging_steps=1", "training.eval_steps=2",
@@ -284,6 +286,17 @@ def test_method_none_trains_nothing_and_records_the_base(tmp_path, base_dir, tas
         finetune(tiny(tmp_path, base_dir, task_files, "model.method=none"), resume=True)
 
 
+def test_cli_evaluate_and_compare_dispatch_on_the_run_type(tmp_path, base_dir, task_files, capsys):
+    run_dir = finetune(tiny(tmp_path, base_dir, task_files, "model.method=none"))
+    assert main(["evaluate", "--run", str(run_dir), "--generate", "1", "--max-new-tokens", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "perplexity" in printed and "GSM8K exact match on 1 rows" in printed
+    assert json.loads((run_dir / "eval_val.json").read_text())["method"] == "none"
+    assert is_finetune_compare_config("configs/gsm8k_compare.yaml")
+    assert is_finetune_compare_config("configs/folio_compare.yaml")
+    assert not is_finetune_compare_config("configs/protein_compare.yaml")
+
+
 # ---------------------------------------------------------------------------------------------------- evaluation
 
 
@@ -310,7 +323,8 @@ class ScriptedModel(torch.nn.Module):
 
 
 def gsm8k_rows(n):
-    return [InstructExample(f"What is {i} + {i}? ({'x' * i})", f"#### {2 * i}", str(2 * i), str(i), i) for i in range(n)]
+    return [InstructExample(f"What is {i} + {i}? ({'x' * i})", f"#### {2 * i}", str(2 * i), str(i), i)
+            for i in range(n)]
 
 
 def test_gsm8k_strict_and_flexible_exact_match_from_generation(base_dir):

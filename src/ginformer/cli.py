@@ -37,35 +37,101 @@ def _pretrain(args: argparse.Namespace) -> None:
     print(f"run written to {run_dir}")
 
 
+def _finetune_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", required=True, help="fine-tuning config YAML, e.g. configs/gsm8k_cpu_sparse_gin.yaml"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config value (YAML-parsed, nested keys too), e.g. --set model.sparse_gin.d_gnn=64; "
+        "repeatable",
+    )
+    flags = parser.add_mutually_exclusive_group()
+    flags.add_argument("--resume", action="store_true", help="continue the run from its newest checkpoint")
+    flags.add_argument("--overwrite", action="store_true", help="delete an existing run directory first")
+
+
+def _finetune(args: argparse.Namespace) -> None:
+    from ginformer.finetune import finetune, load_finetune_settings
+    from ginformer.train import TrainingDiverged
+
+    settings = load_finetune_settings(args.config, args.overrides)
+    try:
+        run_dir = finetune(settings, resume=args.resume, overwrite=args.overwrite)
+    except TrainingDiverged as err:
+        print(f"ginformer finetune: stopped: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+    print(f"run written to {run_dir}")
+
+
 def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--run", dest="run_dir", required=True, help="a run directory written by pretrain, e.g. runs/protein_demo_gin"
+        "--run", dest="run_dir", required=True,
+        help="a run directory written by pretrain or finetune, e.g. runs/protein_demo_gin",
     )
     parser.add_argument(
-        "--data", help="a protein file (.parquet/.csv/.jsonl, the dataset's columns); default: the run's validation split"
+        "--data",
+        help="a file in the run's data format (proteins: .parquet/.csv/.jsonl; GSM8K or FOLIO: .jsonl); "
+        "default: the run's validation split",
     )
     parser.add_argument("--batch-size", type=int, help="evaluation batch size (default: the run's eval batch size)")
+    finetuned = parser.add_argument_group("fine-tuning runs")
+    finetuned.add_argument(
+        "--limit", type=int, help="rows scored for the loss (default: the run's validation subset; all rows of --data)"
+    )
+    finetuned.add_argument(
+        "--generate", type=int, help="how many of those rows are scored by generation (default: all)"
+    )
+    finetuned.add_argument(
+        "--max-new-tokens", type=int, default=256, help="cap on generated tokens per row (default 256)"
+    )
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from ginformer.evaluate import evaluate_run, format_evaluation
+    from ginformer.finetune import is_finetune_run
 
-    result = evaluate_run(args.run_dir, args.data, batch_size=args.batch_size)
-    print(format_evaluation(result))
+    if is_finetune_run(args.run_dir):
+        from ginformer.finetune_eval import evaluate_finetune_run, format_finetune_evaluation
+
+        result = evaluate_finetune_run(
+            args.run_dir, args.data, args.limit, args.generate, args.max_new_tokens, args.batch_size
+        )
+        print(format_finetune_evaluation(result))
+    else:
+        from ginformer.evaluate import evaluate_run, format_evaluation
+
+        result = evaluate_run(args.run_dir, args.data, batch_size=args.batch_size)
+        print(format_evaluation(result))
     print(f"\nwritten to {result.run}/eval_{'val' if args.data is None else Path(args.data).stem}.json")
 
 
 def _compare_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="compare config YAML, e.g. configs/protein_compare.yaml")
+    parser.add_argument(
+        "--config", required=True,
+        help="compare config YAML: pretraining (configs/protein_compare.yaml) or fine-tuning "
+        "(configs/gsm8k_compare.yaml)",
+    )
     _comparison_options(parser)
 
 
 def _compare(args: argparse.Namespace) -> None:
     from ginformer.compare import load_compare_settings, run_compare
+    from ginformer.finetune_compare import (
+        is_finetune_compare_config,
+        load_finetune_compare_settings,
+        run_finetune_compare,
+    )
     from ginformer.train import TrainingDiverged
 
     try:
-        root = run_compare(load_compare_settings(args.config, args.overrides), overwrite=args.overwrite)
+        if is_finetune_compare_config(args.config):
+            root = run_finetune_compare(load_finetune_compare_settings(args.config, args.overrides), args.overwrite)
+        else:
+            root = run_compare(load_compare_settings(args.config, args.overrides), overwrite=args.overwrite)
     except TrainingDiverged as err:
         print(f"ginformer compare: stopped: {err}", file=sys.stderr)
         raise SystemExit(1) from None
@@ -98,11 +164,25 @@ def _print_comparison(root: Path) -> None:
     print(f"summary: {root / 'summary.md'}, {root / 'summary.csv'} (per run: {root / 'runs.csv'})")
     print(f"figures: {root / 'figures'}/")
 
+
 # name -> (help, add_arguments, run)
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], None]]] = {
     "pretrain": ("train a model from scratch as a run config describes", _pretrain_arguments, _pretrain),
-    "evaluate": ("loss, perplexity and label accuracy of a trained run", _evaluate_arguments, _evaluate),
-    "compare": ("train variants × seeds at a matched size; write a summary and figures", _compare_arguments, _compare),
+    "finetune": (
+        "fine-tune a frozen pretrained LLM with Sparse-GIN or LoRA (or evaluate the base: method none)",
+        _finetune_arguments,
+        _finetune,
+    ),
+    "evaluate": (
+        "loss, perplexity and task scores (label accuracy, GSM8K exact match, FOLIO accuracy) of a trained run",
+        _evaluate_arguments,
+        _evaluate,
+    ),
+    "compare": (
+        "train variants × seeds (pretraining at a matched size, or fine-tuning methods); write a summary and figures",
+        _compare_arguments,
+        _compare,
+    ),
     "demo": ("the CPU comparison of reference and GIN attention on the bundled proteins", _comparison_options, _demo),
 }
 

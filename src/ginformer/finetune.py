@@ -107,7 +107,7 @@ class LoraSettings:
     """The LoRA baseline; its rank is matched to the Sparse-GIN budget unless `rank` is given."""
 
     target: LoraTarget = "attention"  # "attention": q/k/v/o as the paper's first run; "all_linear": its second
-    rank: int | None = None  # None: the rank whose trainable count is closest to the Sparse-GIN count of model.sparse_gin
+    rank: int | None = None  # None: the rank whose trainable count is closest to model.sparse_gin's count
     alpha: float | None = None  # LoRA's α; None: equal to the rank (scale α/r = 1, as the paper's r = α = 50)
     dropout: float = 0.0
 
@@ -308,9 +308,10 @@ def build_finetune_model(settings: FinetuneModelSettings) -> BuiltModel:
             raise ConfigError(f"model.lora: {err}; set model.lora.rank") from None
     else:
         modules = lora_target_modules(base, lora.target)  # raises, naming the model, when nothing matches
+        names = sorted({n.rsplit(".", 1)[-1] for n in modules})
         config = peft.LoraConfig(
             r=lora.rank,
-            target_modules=sorted({n.rsplit(".", 1)[-1] for n in modules}) if lora.target == "attention" else "all-linear",
+            target_modules=names if lora.target == "attention" else "all-linear",
             task_type="CAUSAL_LM",
             **{"lora_alpha": lora.rank, **extra},
         )

@@ -20,7 +20,7 @@ Every run is trained with `finetune` and evaluated with `evaluate_finetune_run` 
 and the figures in ``<name>/figures/`` are written:
 
     fig9a_train_loss, fig9b_val_perplexity     curves per variant, seeds thin, mean thick
-    fig10_lambda_<variant>                     λ as a layer × step heatmap (mean over seeds), per variant whose λ learns
+    fig10_lambda_<variant>                     λ as a layer × step heatmap (mean over seeds), for each learned λ
     fig11_lambda_<variant>                     mean λ over layers per step, and λ per layer at the end
     fig12a_val_perplexity                      final validation perplexity per variant, error bars over seeds
     fig12b_final_lambda                        final λ per layer of every Sparse-GIN variant
@@ -130,6 +130,17 @@ def _merge(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any
         else:
             merged[key] = value
     return merged
+
+
+def is_finetune_compare_config(path: str | Path) -> bool:
+    """True for a fine-tuning compare config: its `model` section names a method or a base model, which a
+    pretraining compare config (compare.py) never does. A file that cannot be read is left to the loaders."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    model = raw.get("model") if isinstance(raw, Mapping) else None
+    return isinstance(model, Mapping) and bool({"method", "base"} & set(model))
 
 
 def load_finetune_compare_settings(path: str | Path, overrides: Sequence[str] = ()) -> FinetuneCompareSettings:
@@ -455,7 +466,8 @@ def _write_csv(root: Path, runs: Sequence[FinetuneRunSummary], baseline: Finetun
     fields = [f for f, _, _ in METRICS]
     with (root / "summary.csv").open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["variant", "method", "trainable", "n_seeds", *(f"{m}_{s}" for m in fields for s in ("mean", "std"))])
+        stats_header = [f"{m}_{s}" for m in fields for s in ("mean", "std")]
+        writer.writerow(["variant", "method", "trainable", "n_seeds", *stats_header])
         groups = group_by_variant(runs)
         if baseline is not None:
             groups[BASELINE] = [baseline]

@@ -208,14 +208,17 @@ def evaluate_finetune_run(
     if not examples:
         raise ValueError(f"{data or 'the validation split'}: no row fits data.max_length={data_settings.max_length}")
     batch_size = batch_size or settings.training.per_device_eval_batch_size
-    loss = language_model_loss(model, features, tokenizer.pad_token_id, batch_size)
-
     generated = examples[: len(examples) if generate is None else generate]
     scores, completions = None, []
-    if generated:
-        scores, completions = score_generations(
-            model, tokenizer, generated, train, data_settings.task, data_settings.template, max_new_tokens, batch_size
-        )
+    # As the run computed in training (bf16 autocast or not), so the loss is the one it logged.
+    device = next(model.parameters()).device
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.training.bf16):
+        loss = language_model_loss(model, features, tokenizer.pad_token_id, batch_size)
+        if generated:
+            scores, completions = score_generations(
+                model, tokenizer, generated, train, data_settings.task, data_settings.template, max_new_tokens,
+                batch_size,
+            )
     trained_groups = {e.group for e in train}
     result = FinetuneEvaluation(
         run=str(run_dir),
