@@ -64,7 +64,8 @@ def main() -> None:
                 skipped[name] = "skipped: dense T×T above --max-dense-length"
                 continue
             options = dict(VARIANTS[name])
-            config = model_config(options.pop("kind"), hidden=args.hidden, heads=args.heads, layers=args.layers, **options)
+            kind = options.pop("kind")
+            config = model_config(kind, hidden=args.hidden, heads=args.heads, layers=args.layers, **options)
             try:
                 steps[name] = training_step(build_model(config, device, dtype), input_ids)
                 steps[name]()  # warm-up; also where a variant too big for the device fails

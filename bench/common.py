@@ -12,7 +12,7 @@ a warm-up step (so gradients and AdamW state are already allocated or freed as i
     CPU:  the running total of tensor allocations that torch.profiler(profile_memory=True) records during the
           step (the "Total Allocated" of its [memory] events), maximised over the step: tensor bytes only, as
           the CUDA number.
-    Both: a cross-check from the kernel, which also sees allocations made outside torch's allocator: the
+    CPU cross-check, from the kernel, which also sees allocations made outside torch's allocator: the
           resident-set high-water mark (VmHWM, reset through /proc/self/clear_refs just before the step) minus
           the RSS before it. It only means something in a process whose malloc returns freed memory, so
           ``measure_isolated`` runs each configuration in a fresh process with a fixed mmap threshold.
@@ -55,6 +55,8 @@ def setup(args: argparse.Namespace) -> tuple[torch.device, torch.dtype]:
         raise ValueError(f"--device must be cpu or cuda, got {args.device!r}")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for but torch.cuda.is_available() is False")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
     if args.threads is not None or args.device == "cpu":
         torch.set_num_threads(args.threads or 1)
     return torch.device(args.device), getattr(torch, args.dtype)
@@ -63,7 +65,7 @@ def setup(args: argparse.Namespace) -> tuple[torch.device, torch.dtype]:
 def machine() -> str:
     """One line naming the hardware, for the header of every table."""
     if torch.cuda.is_available():
-        return torch.cuda.get_device_name()
+        return f"{torch.cuda.get_device_name()}, torch {torch.__version__}, CUDA {torch.version.cuda}"
     name = "unknown CPU"
     try:
         with open("/proc/cpuinfo") as cpuinfo:
@@ -181,24 +183,24 @@ def _profiled_peak_bytes(step: Callable[[], None]) -> int:
         prof.export_chrome_trace(path)
         with open(path) as trace:
             events = json.load(trace)["traceEvents"]
-    totals = [e["args"]["Total Allocated"] for e in events if e.get("name") == "[memory]" and e["args"].get("Device Type") == 0]
-    return max([0, *totals])
+    cpu_memory = [e["args"] for e in events if e.get("name") == "[memory]" and e["args"].get("Device Type") == 0]
+    return max([0, *(args["Total Allocated"] for args in cpu_memory)])
 
 
 def peak_memory(step: Callable[[], None], device: torch.device) -> dict[str, int | None]:
     """Peak bytes held by one call of ``step`` above what was held before it (see the module docstring):
-    ``peak_bytes`` from the allocator, ``rss_delta_bytes`` from the kernel (None where it cannot be read)."""
-    rss_peak_reset = _reset_rss_peak()
-    rss_before = _status_bytes("VmRSS")
+    ``peak_bytes`` from the allocator; on CPU also ``rss_delta_bytes`` from the kernel (None where it cannot be
+    read, and on CUDA, where host memory says nothing about the device's)."""
     if device.type == "cuda":
         synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
         step()
         synchronize(device)
-        allocated = torch.cuda.max_memory_allocated(device) - before
-    else:
-        allocated = _profiled_peak_bytes(step)
+        return {"peak_bytes": torch.cuda.max_memory_allocated(device) - before, "rss_delta_bytes": None}
+    rss_peak_reset = _reset_rss_peak()
+    rss_before = _status_bytes("VmRSS")
+    allocated = _profiled_peak_bytes(step)
     rss_peak = _status_bytes("VmHWM")
     rss_delta = rss_peak - rss_before if rss_peak_reset and rss_peak is not None and rss_before is not None else None
     return {"peak_bytes": allocated, "rss_delta_bytes": rss_delta}

@@ -14,7 +14,16 @@ timing, each variant's cached greedy output is checked against an uncached run (
 import argparse
 
 import torch
-from common import add_common_args, build_model, machine, model_config, print_table, save_results, setup, time_side_by_side
+from common import (
+    add_common_args,
+    build_model,
+    machine,
+    model_config,
+    print_table,
+    save_results,
+    setup,
+    time_side_by_side,
+)
 
 from ginformer.adapter import SparseGINConfig, get_sparse_gin_model
 
@@ -71,7 +80,9 @@ def main() -> None:
         tokens_per_s = args.batch * args.new_tokens / seconds[name]
         slowdown = seconds[name] / reference if reference else float("nan")
         rows.append([name, seconds[name] * 1000, tokens_per_s, slowdown, "yes" if cache_matches[name] else "NO"])
-        results.append(dict(variant=name, seconds=seconds[name], tokens_per_s=tokens_per_s, cache_matches=cache_matches[name]))
+        results.append(
+            dict(variant=name, seconds=seconds[name], tokens_per_s=tokens_per_s, cache_matches=cache_matches[name])
+        )
     print_table(
         f"greedy generation with KV cache, median of {args.repeats} (round-robin)",
         ["variant", "ms", "tokens/s", "time × standard", f"cached == uncached ({check_tokens} tokens)"],

@@ -41,7 +41,9 @@ ROWS = {
 }
 
 
-def step_memory(row: str, length: int, hidden: int, heads: int, layers: int, device: str, dtype: str, threads: int, seed: int) -> dict:
+def step_memory(
+    row: str, length: int, hidden: int, heads: int, layers: int, device: str, dtype: str, threads: int, seed: int
+) -> dict:
     """Peak memory of one training step of ``row`` at length T, after a warm-up step; meant for a fresh process."""
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -67,7 +69,8 @@ def main() -> None:
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     args = add_common_args(parser).parse_args()
     device, _ = setup(args)
-    print(f"machine: {machine()}; dtype {args.dtype}; batch 1, hidden {args.hidden}, {args.heads} heads, {args.layers} layers")
+    shape = f"batch 1, hidden {args.hidden}, {args.heads} heads, {args.layers} layers"
+    print(f"machine: {machine()}; dtype {args.dtype}; {shape}")
     table, results = [], []
     for row in args.rows:
         first = None
