@@ -14,8 +14,8 @@ import torch.nn.functional as F
 PNA_AGGREGATORS = ("sum", "mean", "max", "min", "var", "std")
 PNA_SCALERS = ("identity", "amplification", "attenuation")
 
-# How many (query, key, feature) messages max/min aggregation may hold at once (2**26 floats = 256 MiB).
-_MAX_MIN_CHUNK_ELEMENTS = 2**26
+# How many (query, key, feature) messages max/min aggregation may hold at once (2**24 floats = 64 MiB).
+_MAX_MIN_CHUNK_ELEMENTS = 2**24
 
 
 def gin_aggregate(
@@ -32,20 +32,24 @@ def gin_aggregate(
 def _extremum(x_nodes: torch.Tensor, adjacency: torch.Tensor, largest: bool) -> torch.Tensor:
     """max (or min) over neighbours j (A_ij > 0) of the weighted messages A_ij·x_j; 0 for a node with none.
 
-    Holds (..., chunk, T_k, D) at a time, chunking over query rows so memory stays bounded for long sequences.
+    The winning key of each (query, feature) is found without autograd, chunked over query rows so that at most
+    (..., chunk, T_k, D) messages exist at once; only the winners are then recomputed with gradients. Keeping every
+    message chunk for amax's backward cost ~10x the memory and ~4x the time.
     """
     *batch, t_q, t_k = adjacency.shape
     d = x_nodes.shape[-1]
+    x_nodes = x_nodes.expand(*batch, t_k, d)
     fill = float("-inf") if largest else float("inf")
     chunk = max(1, _MAX_MIN_CHUNK_ELEMENTS // max(1, math.prod(batch) * t_k * d))
-    pieces = []
-    for start in range(0, t_q, chunk):
-        weights = adjacency[..., start : start + chunk, :, None]  # (..., c, T_k, 1)
-        messages = (weights * x_nodes[..., None, :, :]).masked_fill(weights == 0, fill)  # (..., c, T_k, D)
-        reduced = messages.amax(dim=-2) if largest else messages.amin(dim=-2)  # (..., c, D)
-        has_neighbour = (weights != 0).any(dim=-2)  # (..., c, 1)
-        pieces.append(torch.where(has_neighbour, reduced, 0.0))
-    return torch.cat(pieces, dim=-2)
+    with torch.no_grad():
+        winners = []
+        for start in range(0, t_q, chunk):
+            weights = adjacency[..., start : start + chunk, :, None]  # (..., c, T_k, 1)
+            messages = (weights * x_nodes[..., None, :, :]).masked_fill(weights == 0, fill)  # (..., c, T_k, D)
+            winners.append(messages.argmax(-2) if largest else messages.argmin(-2))  # (..., c, D)
+        best = torch.cat(winners, dim=-2)  # (..., T_q, D): index of the winning key
+    reduced = adjacency.gather(-1, best) * x_nodes.gather(-2, best)  # (..., T_q, D), differentiable
+    return torch.where((adjacency != 0).any(dim=-1, keepdim=True), reduced, 0.0)
 
 
 def pna_aggregate(
