@@ -165,6 +165,18 @@ def _print_comparison(root: Path) -> None:
     print(f"figures: {root / 'figures'}/")
 
 
+def _graph_arguments(parser: argparse.ArgumentParser) -> None:
+    from ginformer import graph_cli
+
+    graph_cli.add_arguments(parser)
+
+
+def _graph(args: argparse.Namespace) -> None:
+    from ginformer import graph_cli
+
+    graph_cli.run(args)
+
+
 # name -> (help, add_arguments, run)
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], None]]] = {
     "pretrain": ("train a model from scratch as a run config describes", _pretrain_arguments, _pretrain),
@@ -184,6 +196,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
         _compare,
     ),
     "demo": ("the CPU comparison of reference and GIN attention on the bundled proteins", _comparison_options, _demo),
+    "graph": ("draw and export the graphs a text induces in a model's attention", _graph_arguments, _graph),
 }
 
 
