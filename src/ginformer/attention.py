@@ -27,13 +27,8 @@ from ginformer.gnn import HeadwiseMLP, gin_aggregate, pna_aggregate
 
 
 def allowed_edges(attention_mask: torch.Tensor | None, t_q: int, t_k: int, device: torch.device) -> torch.Tensor:
-    """Boolean (B or 1, 1, T_q, T_k) edge mask: transformers' mask (bool, or additive float) and causality."""
-    causal = graph.causal_mask(t_q, t_k, device)
-    if attention_mask is None:
-        return causal[None, None]
-    if attention_mask.dtype != torch.bool:
-        attention_mask = attention_mask == 0  # additive masks hold 0 where attending, a large negative elsewhere
-    return attention_mask[..., -t_q:, -t_k:] & causal
+    """(B or 1, 1, T_q, T_k): :func:`ginformer.graph.allowed_edges` with a head axis to broadcast over."""
+    return graph.allowed_edges(attention_mask, t_q, t_k, device)[:, None]
 
 
 def logit(probability: float) -> float:

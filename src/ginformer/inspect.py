@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from ginformer.adapter import SparseGINConfig, SparseGINModel, sparse_adjacency
-from ginformer.adapter.adjacency import causal_edges
+from ginformer.graph import causal_mask
 from ginformer.adapter.model import decoder_layers
 from ginformer.attention import GINAttention, GraphAttention, PNAAttention
 
@@ -134,7 +134,7 @@ class AttentionGraphs:
             aggregated = self.summed(layer).clamp(max=1.0)
         settings = settings or self.settings(layer)
         everywhere = torch.ones_like(aggregated, dtype=torch.bool)
-        causal = causal_edges(len(aggregated), len(aggregated))
+        causal = causal_mask(len(aggregated), len(aggregated))
         sharpen = partial(sparse_adjacency, aggregated, alpha=settings.alpha, tau=settings.tau)
         return dict(
             zip(

@@ -16,41 +16,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-
-def causal_edges(q_len: int, k_len: int, device: torch.device | None = None) -> Tensor:
-    """edges[i, j] = j <= i + (T_k - T_q): key j is not in query i's future.  (T_q, T_k) bool"""
-    rows = torch.arange(q_len, device=device)[:, None] + (k_len - q_len)
-    return torch.arange(k_len, device=device)[None, :] <= rows
+from ginformer.graph import allowed_edges
 
 
 def self_edges(q_len: int, k_len: int, device: torch.device | None = None) -> Tensor:
     """edges[i, j] = j == i + (T_k - T_q): the self-loop of each query.  (T_q, T_k) bool"""
     rows = torch.arange(q_len, device=device)[:, None] + (k_len - q_len)
     return torch.arange(k_len, device=device)[None, :] == rows
-
-
-def allowed_edges(attention_mask: Tensor | None, q_len: int, k_len: int, device: torch.device) -> Tensor:
-    """Edges the attention mask permits, intersected with the causal constraint.  (B or 1, T_q, T_k) bool
-
-    allowed[b, i, j] = mask permits (b, i, j)  and  j <= i + (T_k - T_q)
-
-    `attention_mask` comes as transformers hands it to an attention function: None (plain causal,
-    sdpa's is_causal path), bool (B, 1, T_q, T_k) with True = attend (sdpa), or float additive
-    (B, 1, T_q, T_k) with 0 = attend and the dtype's minimum = masked (eager).
-    """
-    causal = causal_edges(q_len, k_len, device)[None]  # (1, T_q, T_k)
-    if attention_mask is None:
-        return causal
-    if attention_mask.dim() != 4 or attention_mask.shape[1] != 1 or attention_mask.shape[-2:] != (q_len, k_len):
-        raise ValueError(
-            f"attention_mask of shape {tuple(attention_mask.shape)}: expected (B, 1, {q_len}, {k_len}) "
-            "(one mask shared by all heads, as transformers' sdpa and eager masks are)"
-        )
-    if attention_mask.dtype == torch.bool:
-        permitted = attention_mask[:, 0]
-    else:
-        permitted = attention_mask[:, 0] > torch.finfo(attention_mask.dtype).min / 2
-    return permitted & causal
 
 
 def head_aggregated_attention(
