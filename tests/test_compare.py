@@ -71,6 +71,7 @@ def tiny_config(root: Path, **changes) -> dict:
         ({"variants": {"gin": {"attention_kind": "gcn"}}}, "variant 'gin': .*attention_kind"),
         ({"training": {"seed": 5}}, "training.seed cannot be set in a compare config: set `seeds`"),
         ({"training": {"run_name": "x"}}, "training.run_name cannot be set"),
+        ({"training": {"max_steps": 5, "logging_steps": 1, "eval_steps": 10}}, "eval_steps=10 exceeds"),
     ],
 )
 def test_bad_compare_configs_name_the_problem(tmp_path, change, message):
@@ -92,7 +93,8 @@ def test_missing_keys_and_overrides(tmp_path):
 
 
 def test_variants_are_sized_to_the_same_parameter_count(tmp_path):
-    config = tiny_config(tmp_path, variants={"reference": {"attention_kind": "standard"}, "gin": {"attention_kind": "gin"}})
+    variants = {"reference": {"attention_kind": "standard"}, "gin": {"attention_kind": "gin"}}
+    config = tiny_config(tmp_path, variants=variants)
     settings = compare_settings_from_dict(config)
     sizes = variant_parameters(settings)
     tokenizer = build_protein_tokenizer()
@@ -125,7 +127,9 @@ EVALUATION = {"accuracy": {"primary": 0.5, "secondary": 0.25, "both": 0.25, "non
 
 
 def test_run_summary_by_hand():
-    metrics = synthetic_metrics(val_losses=[(10, 2.5), (20, 2.0), (30, 2.2)], train_losses=[(10, 2.6), (20, 1.5), (30, 1.6)])
+    metrics = synthetic_metrics(
+        val_losses=[(10, 2.5), (20, 2.0), (30, 2.2)], train_losses=[(10, 2.6), (20, 1.5), (30, 1.6)]
+    )
     run = run_summary("gin", 7, metrics, EVALUATION)
     assert run.min_val_loss == 2.0 and run.best_step == 20
     assert run.min_val_perplexity == pytest.approx(math.exp(2.0))
@@ -173,7 +177,8 @@ def test_compare_end_to_end_writes_summary_and_figures_then_reuses_finished_runs
     for variant in ("gin_half", "gin_two"):
         best = []
         for seed in (3, 4):
-            events = [json.loads(line) for line in (root / variant / f"seed{seed}" / "metrics.jsonl").read_text().splitlines()]
+            lines = (root / variant / f"seed{seed}" / "metrics.jsonl").read_text().splitlines()
+            events = [json.loads(line) for line in lines]
             best.append(math.exp(min(e["val_loss"] for e in events if e["event"] == "eval")))
         assert float(summary[variant]["min_val_perplexity_mean"]) == pytest.approx(statistics.fmean(best))
         assert float(summary[variant]["min_val_perplexity_std"]) == pytest.approx(statistics.stdev(best))

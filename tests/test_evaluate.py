@@ -142,7 +142,8 @@ def test_a_model_that_answers_the_labels_scores_them(tokenizer):
     scores = score_labels(generated, records, label_token_ids(tokenizer))
     assert (scores.primary, scores.secondary, scores.both, scores.non_label) == (1.0, 1.0, 1.0, 0.0)
     wrong = [ProteinRecord("MKV", "BS", "AH", None, 0)] + records[1:]
-    scores = score_labels(generate_labels(model, tokenizer, [r.sequence for r in wrong], 2), wrong, label_token_ids(tokenizer))
+    generated = generate_labels(model, tokenizer, [r.sequence for r in wrong], batch_size=2)
+    scores = score_labels(generated, wrong, label_token_ids(tokenizer))
     assert (scores.primary, scores.secondary, scores.both) == (2 / 3, 2 / 3, 2 / 3)
 
 

@@ -121,7 +121,9 @@ def load_compare_settings(path: str | Path, overrides: Sequence[str] = ()) -> Co
 
 def compare_settings_from_dict(raw: Any, overrides: Sequence[str] = ()) -> CompareSettings:
     if not isinstance(raw, Mapping):
-        raise ConfigError(f"a compare config must be a mapping with keys {list(COMPARE_KEYS)}, got {type(raw).__name__}")
+        raise ConfigError(
+            f"a compare config must be a mapping with keys {list(COMPARE_KEYS)}, got {type(raw).__name__}"
+        )
     allowed = [*COMPARE_KEYS, *SECTIONS]
     for key in raw:
         if key not in allowed:
@@ -164,10 +166,18 @@ def compare_settings_from_dict(raw: Any, overrides: Sequence[str] = ()) -> Compa
             raise ConfigError(f"variant '{variant}' must map model settings to values, got {changes!r}")
         for key in changes:
             if key not in model_keys:
-                raise ConfigError(f"variant '{variant}': unknown model setting '{key}'; allowed: {', '.join(model_keys)}")
+                raise ConfigError(
+                    f"variant '{variant}': unknown model setting '{key}'; allowed: {', '.join(model_keys)}"
+                )
         checked[variant] = dict(changes)
     settings = CompareSettings(name, list(seeds), target_params, checked, {s: dict(v) for s, v in base.items()})
-    settings.runs()  # validate every run's settings now
+    training = settings.runs()[0][2].training  # validates every run's settings now
+    for key in ("logging_steps", "eval_steps"):
+        if training.max_steps is not None and getattr(training, key) > training.max_steps:
+            raise ConfigError(
+                f"training.{key}={getattr(training, key)} exceeds training.max_steps={training.max_steps}: "
+                "the summary needs logged training and validation losses"
+            )
     return settings
 
 
@@ -277,7 +287,9 @@ METRICS: tuple[tuple[str, str, str], ...] = (
 )
 
 
-def run_summary(variant: str, seed: int, metrics: Sequence[Mapping[str, Any]], evaluation: Mapping[str, Any]) -> RunSummary:
+def run_summary(
+    variant: str, seed: int, metrics: Sequence[Mapping[str, Any]], evaluation: Mapping[str, Any]
+) -> RunSummary:
     """One run's numbers from its metrics.jsonl events and its validation evaluation (evaluate.py)."""
     start = next((e for e in metrics if e["event"] == "start"), None)
     evals = [e for e in metrics if e["event"] == "eval"]
@@ -461,15 +473,15 @@ def _write_csv(root: Path, runs: Sequence[RunSummary], baseline: Mapping[str, An
     fields = [field for field, _, _ in METRICS]
     with (root / "summary.csv").open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["variant", "parameters", "seeds", "n_seeds", *(f"{m}_{s}" for m in fields for s in ("mean", "std"))])
+        columns = [f"{m}_{s}" for m in fields for s in ("mean", "std")]
+        writer.writerow(["variant", "parameters", "seeds", "n_seeds", *columns])
         for variant, group in group_by_variant(runs).items():
             stats = [x for m in fields for x in mean_std([getattr(r, m) for r in group])]
             writer.writerow([variant, group[0].parameters, " ".join(str(r.seed) for r in group), len(group), *stats])
         writer.writerow(["baseline", "", "", "", *(x for m in fields for x in (baseline.get(m, ""), ""))])
     with (root / "runs.csv").open("w", newline="") as f:
-        names = [f.name for f in dataclasses.fields(RunSummary)]
         writer = csv.writer(f)
-        writer.writerow(names)
+        writer.writerow([field.name for field in dataclasses.fields(RunSummary)])
         for run in runs:
             writer.writerow([" ".join(map(str, v)) if isinstance(v, list) else v for v in dataclasses.astuple(run)])
 

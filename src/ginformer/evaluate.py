@@ -48,7 +48,15 @@ from ginformer.data.protein import (
 )
 from ginformer.data.tokenizer import label_token_ids
 from ginformer.experiment import DataSettings, load_settings
-from ginformer.train import CONFIG_FILE, IGNORE_INDEX, MODEL_DIR, CausalLMCollator, perplexity, token_nll, tokenize_example
+from ginformer.train import (
+    CONFIG_FILE,
+    IGNORE_INDEX,
+    MODEL_DIR,
+    CausalLMCollator,
+    perplexity,
+    token_nll,
+    tokenize_example,
+)
 
 VAL_SPLIT = "val"  # the name of the run's own validation split in file names and reports
 
