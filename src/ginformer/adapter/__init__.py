@@ -34,7 +34,7 @@ Usage, as with peft:
 
 from .adjacency import allowed_edges, head_aggregated_attention, sparse_adjacency
 from .config import SparseGINConfig
-from .layer import SparseGINLayer, gin_aggregate
+from .layer import SparseGINLayer
 from .model import (
     LayerGraph,
     SparseGINModel,
@@ -50,7 +50,6 @@ __all__ = [
     "SparseGINModel",
     "allowed_edges",
     "get_sparse_gin_model",
-    "gin_aggregate",
     "head_aggregated_attention",
     "is_adapter_key",
     "mark_only_adapter_as_trainable",

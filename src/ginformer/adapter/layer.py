@@ -18,20 +18,10 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from ginformer.gnn import gin_aggregate
+
 from .adjacency import sparse_adjacency
 from .config import SparseGINConfig
-
-
-def gin_aggregate(z: Tensor, z_all: Tensor, adjacency: Tensor, eps: Tensor, self_term: str) -> Tensor:
-    """One GIN aggregation on a dense weighted graph whose edge j -> i has weight adjacency[b, i, j].
-
-    M = (1 + ε)·Z + A'·Z_all   ("one_plus_eps", GIN)        M = ε·Z + A'·Z_all   ("eps", the original code)
-
-    z: (B, T_q, F) the queries' own features; z_all: (B, T_k, F) features of every key position (the last
-    T_q rows are z); adjacency: (B, T_q, T_k) -> (B, T_q, F)
-    """
-    self_weight = 1.0 + eps if self_term == "one_plus_eps" else eps
-    return self_weight * z + adjacency.to(z_all.dtype) @ z_all
 
 
 def _activation(name: str) -> nn.Module:
@@ -67,6 +57,11 @@ class SparseGINLayer(nn.Module):
         _learnable_or_fixed(self, "scale", scale, config.train_scale)
         _learnable_or_fixed(self, "alpha", config.alpha, config.train_alpha)
         _learnable_or_fixed(self, "tau", config.tau, config.train_tau)
+
+    @property
+    def self_weight(self) -> Tensor:
+        """The GIN self term s: 1 + ε ("one_plus_eps") or ε ("eps", as the original code)."""
+        return 1.0 + self.gin_eps if self.config.self_term == "one_plus_eps" else self.gin_eps
 
     def forward(
         self,
@@ -105,6 +100,7 @@ class SparseGINLayer(nn.Module):
             self_loops_only=cfg.self_loops_only,
             external=None if external is None else external.to(aggregated.dtype),
         )
-        messages = gin_aggregate(z, z_all, adjacency, self.gin_eps, cfg.self_term) + self.bias
+        # M = s·Z + A'·Z_all with s = 1 + ε (GIN) or ε (the original code)
+        messages = gin_aggregate(z, z_all, adjacency.to(z_all.dtype), self.self_weight) + self.bias
         hidden = self.dropout(self.act(self.norm(messages)))  # (B, T_q, d_gnn)
         return (self.scale * self.out_proj(hidden)).to(x.dtype), adjacency
