@@ -30,11 +30,13 @@ else
     MEMORY=()
     GENERATION=()
 fi
+FINETUNE=()  # SmolLM2's own shape on every device
 if [[ $QUICK == 1 ]]; then
     STEP+=(--lengths 256 1024 --tokens 1024 --repeats 2 --max-dense-length 256)
     BASELINE+=(--lengths 256 512 --repeats 2)
     MEMORY+=(--lengths 256 512 1024)
     GENERATION+=(--new-tokens 32 --repeats 2)
+    FINETUNE+=(--layers 4 --lengths 256 1024 --repeats 2)
 fi
 
 run() {
@@ -53,3 +55,4 @@ run attention_step "${STEP[@]}"
 run original_baseline "${BASELINE[@]}"
 run memory_vs_length "${MEMORY[@]}"
 run generation "${GENERATION[@]}"
+run finetune_step "${FINETUNE[@]}"
