@@ -35,10 +35,14 @@ def head_aggregated_attention(
     that query head h shares under grouped-query attention (what `repeat_kv` does, without copying).
 
     Query rows are processed in chunks of ceil(T_q / H) so the largest temporary, the scores of one
-    chunk for all heads, has B·H·ceil(T_q/H)·T_k ≈ B·T_q·T_k entries: memory stays O(B·T_q·T_k).
+    chunk for all heads, has B·H·ceil(T_q/H)·T_k ≈ B·T_q·T_k entries: memory stays O(B·T_q·T_k). A chunk's
+    queries cannot see keys after its last query (every mask here is causal), so its scores stop at that
+    key: half the T_q·T_k work when T_q = T_k.
 
     query: (B, H, T_q, D); key: (B, H_kv, T_k, D) -> (A_agg (B, T_q, T_k) float32, allowed (B|1, T_q, T_k) bool)
     """
+    if aggregation not in ("sum", "mean", "max"):
+        raise ValueError(f"aggregation={aggregation!r}: allowed values are sum, mean, max")
     batch, heads, q_len, head_dim = query.shape
     kv_heads, k_len = key.shape[1], key.shape[2]
     if heads % kv_heads:
@@ -55,17 +59,17 @@ def head_aggregated_attention(
     rows = -(-q_len // heads)
     chunks = []
     for start in range(0, q_len, rows):
-        stop = start + rows
-        scores = q[:, :, :, start:stop] @ k_t * scaling + bias[:, None, None, start:stop]  # (B, H_kv, rep, c, T_k)
-        probs = scores.softmax(dim=-1).flatten(1, 2)  # (B, H, c, T_k)
+        stop = min(start + rows, q_len)
+        visible = stop + k_len - q_len  # keys 0 .. visible-1: up to the chunk's last query position
+        scores = q[:, :, :, start:stop] @ k_t[..., :visible] * scaling + bias[:, None, None, start:stop, :visible]
+        probs = scores.softmax(dim=-1).flatten(1, 2)  # (B, H, c, visible)
         if aggregation == "sum":
-            chunks.append(probs.sum(dim=1).clamp(max=1.0))
+            chunk = probs.sum(dim=1).clamp(max=1.0)
         elif aggregation == "mean":
-            chunks.append(probs.mean(dim=1))
-        elif aggregation == "max":
-            chunks.append(probs.amax(dim=1))
+            chunk = probs.mean(dim=1)
         else:
-            raise ValueError(f"aggregation={aggregation!r}: allowed values are sum, mean, max")
+            chunk = probs.amax(dim=1)
+        chunks.append(torch.nn.functional.pad(chunk, (0, k_len - visible)))  # (B, c, T_k)
     aggregated = torch.cat(chunks, dim=1) * allowed  # (B, T_q, T_k); fully masked rows become 0
     return aggregated, allowed
 

@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from ginformer.gnn import gin_aggregate
 
@@ -103,4 +104,6 @@ class SparseGINLayer(nn.Module):
         # M = s·Z + A'·Z_all with s = 1 + ε (GIN) or ε (the original code)
         messages = gin_aggregate(z, z_all, adjacency.to(z_all.dtype), self.self_weight) + self.bias
         hidden = self.dropout(self.act(self.norm(messages)))  # (B, T_q, d_gnn)
-        return (self.scale * self.out_proj(hidden)).to(x.dtype), adjacency
+        # λ scales W_out rather than its output: the same delta and gradients, without saving a (B, T_q, d) tensor
+        delta = F.linear(hidden, self.scale * self.out_proj.weight, self.scale * self.out_proj.bias)
+        return delta.to(x.dtype), adjacency
