@@ -453,3 +453,6 @@ def test_compare_trains_evaluates_and_writes_summary_and_figures(tmp_path, base_
     rows = (root / "runs.csv").read_text().splitlines()
     assert len(rows) == 1 + 2 + 1  # header, two runs, the baseline
     assert run_finetune_compare(finetune_compare_settings_from_dict(raw)) == root  # finished runs are reused
+    raw["variants"]["sparse_gin"] = {"sparse_gin": {"alpha": 3.0}}
+    with pytest.raises(FileExistsError, match=r"other settings \(model.sparse_gin\)"):
+        run_finetune_compare(finetune_compare_settings_from_dict(raw))  # never reused with other settings

@@ -246,6 +246,21 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     assert all(torch.isfinite(p).all() for p in saved.parameters())
 
 
+
+def test_cli_reports_a_diverged_run_in_one_line_with_exit_code_1(tmp_path, monkeypatch, capsys):
+    from ginformer.cli import main
+
+    def diverge(settings, resume, overwrite):
+        raise TrainingDiverged("loss became nan at step 5; training stopped and the last good checkpoint is c-4")
+
+    monkeypatch.setattr("ginformer.train.pretrain", diverge)
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"training": {"max_steps": 2}}))
+    assert main(["pretrain", "--config", str(config)]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "ginformer pretrain: stopped: loss became nan at step 5; training stopped and the last good checkpoint is c-4"
+    )
+
 def test_two_processes_train_like_one_process_with_the_combined_batch(tmp_path):
     """torchrun, 2 processes × batch 4, against one process × batch 8: same examples per step, same losses.
 

@@ -9,63 +9,46 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 
-def _pretrain_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="run config YAML, e.g. configs/protein_demo.yaml")
+def _set_option(parser: argparse.ArgumentParser, example: str) -> None:
     parser.add_argument(
         "--set",
         dest="overrides",
         action="append",
         default=[],
         metavar="SECTION.KEY=VALUE",
-        help="override one config value (YAML-parsed), e.g. --set training.max_steps=20; repeatable",
+        help=f"override one config value (YAML-parsed), e.g. --set {example}; repeatable",
     )
+
+
+def _run_config_arguments(parser: argparse.ArgumentParser, config_example: str, set_example: str) -> None:
+    parser.add_argument("--config", required=True, help=f"run config YAML, e.g. {config_example}")
+    _set_option(parser, set_example)
     flags = parser.add_mutually_exclusive_group()
     flags.add_argument("--resume", action="store_true", help="continue the run from its newest checkpoint")
     flags.add_argument("--overwrite", action="store_true", help="delete an existing run directory first")
+
+
+def _pretrain_arguments(parser: argparse.ArgumentParser) -> None:
+    _run_config_arguments(parser, "configs/protein_demo.yaml", "training.max_steps=20")
 
 
 def _pretrain(args: argparse.Namespace) -> None:
     from ginformer.experiment import load_settings
-    from ginformer.train import TrainingDiverged, pretrain
+    from ginformer.train import pretrain
 
     settings = load_settings(args.config, args.overrides)
-    try:
-        run_dir = pretrain(settings, resume=args.resume, overwrite=args.overwrite)
-    except TrainingDiverged as err:
-        print(f"ginformer pretrain: stopped: {err}", file=sys.stderr)
-        raise SystemExit(1) from None
-    print(f"run written to {run_dir}")
+    print(f"run written to {pretrain(settings, resume=args.resume, overwrite=args.overwrite)}")
 
 
 def _finetune_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config", required=True, help="fine-tuning config YAML, e.g. configs/gsm8k_cpu_sparse_gin.yaml"
-    )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override one config value (YAML-parsed, nested keys too), e.g. --set model.sparse_gin.d_gnn=64; "
-        "repeatable",
-    )
-    flags = parser.add_mutually_exclusive_group()
-    flags.add_argument("--resume", action="store_true", help="continue the run from its newest checkpoint")
-    flags.add_argument("--overwrite", action="store_true", help="delete an existing run directory first")
+    _run_config_arguments(parser, "configs/gsm8k_cpu_sparse_gin.yaml", "model.sparse_gin.d_gnn=64 (nested keys too)")
 
 
 def _finetune(args: argparse.Namespace) -> None:
     from ginformer.finetune import finetune, load_finetune_settings
-    from ginformer.train import TrainingDiverged
 
     settings = load_finetune_settings(args.config, args.overrides)
-    try:
-        run_dir = finetune(settings, resume=args.resume, overwrite=args.overwrite)
-    except TrainingDiverged as err:
-        print(f"ginformer finetune: stopped: {err}", file=sys.stderr)
-        raise SystemExit(1) from None
-    print(f"run written to {run_dir}")
+    print(f"run written to {finetune(settings, resume=args.resume, overwrite=args.overwrite)}")
 
 
 def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -125,28 +108,16 @@ def _compare(args: argparse.Namespace) -> None:
         load_finetune_compare_settings,
         run_finetune_compare,
     )
-    from ginformer.train import TrainingDiverged
 
-    try:
-        if is_finetune_compare_config(args.config):
-            root = run_finetune_compare(load_finetune_compare_settings(args.config, args.overrides), args.overwrite)
-        else:
-            root = run_compare(load_compare_settings(args.config, args.overrides), overwrite=args.overwrite)
-    except TrainingDiverged as err:
-        print(f"ginformer compare: stopped: {err}", file=sys.stderr)
-        raise SystemExit(1) from None
+    if is_finetune_compare_config(args.config):
+        root = run_finetune_compare(load_finetune_compare_settings(args.config, args.overrides), args.overwrite)
+    else:
+        root = run_compare(load_compare_settings(args.config, args.overrides), overwrite=args.overwrite)
     _print_comparison(root)
 
 
 def _comparison_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override one value of the base run config (YAML-parsed), e.g. --set training.max_steps=20; repeatable",
-    )
+    _set_option(parser, "training.max_steps=20 (the base run config every run shares)")
     parser.add_argument("--overwrite", action="store_true", help="delete the comparison directory and train again")
 
 
@@ -211,9 +182,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from ginformer.train import TrainingDiverged
+
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
+    except TrainingDiverged as err:
+        print(f"ginformer {args.command}: stopped: {err}", file=sys.stderr)
+        return 1
     except (ValueError, FileExistsError, FileNotFoundError) as err:
         # Bad input (a config, a data file, a run directory): one line saying what to fix, no traceback;
         # exit code 2, as argparse uses for usage errors. ConfigError is a ValueError.

@@ -203,7 +203,7 @@ def run_compare(settings: CompareSettings, overwrite: bool = False) -> Path:
     """Train and evaluate every (variant, seed) run that is not done yet, then write the summary and figures.
     Returns the comparison directory."""
     from ginformer.evaluate import evaluate_run
-    from ginformer.train import CONFIG_FILE, MODEL_DIR, pretrain
+    from ginformer.train import MODEL_DIR, pretrain
 
     root = settings.root
     sizes = variant_parameters(settings)  # fail on a variant that cannot be sized before anything trains
@@ -211,7 +211,8 @@ def run_compare(settings: CompareSettings, overwrite: bool = False) -> Path:
         shutil.rmtree(root)
     plan = settings.runs()
     for _, _, run in plan:
-        _check_finished_run(run, CONFIG_FILE, MODEL_DIR)
+        if (run.run_dir / MODEL_DIR / "config.json").is_file():
+            refuse_changed_run(run.run_dir, settings_to_dict(run))
     root.mkdir(parents=True, exist_ok=True)
     (root / COMPARE_FILE).write_text(yaml.safe_dump(settings.to_dict(), sort_keys=False))
 
@@ -228,13 +229,11 @@ def run_compare(settings: CompareSettings, overwrite: bool = False) -> Path:
     return root
 
 
-def _check_finished_run(run: ExperimentSettings, config_file: str, model_dir: str) -> None:
-    """A finished run is reused only when it was trained with exactly these settings."""
-    run_dir = run.run_dir
-    if not (run_dir / model_dir / "config.json").is_file():
-        return
-    saved = yaml.safe_load((run_dir / config_file).read_text()) or {}
-    wanted = settings_to_dict(run)
+def refuse_changed_run(run_dir: Path, wanted: Mapping[str, Mapping[str, Any]]) -> None:
+    """A finished run is reused only when its saved config.yaml holds exactly the `wanted` settings."""
+    from ginformer.train import CONFIG_FILE
+
+    saved = yaml.safe_load((run_dir / CONFIG_FILE).read_text()) or {}
     changed = [
         f"{section}.{key}"
         for section, values in wanted.items()
@@ -246,6 +245,26 @@ def _check_finished_run(run: ExperimentSettings, config_file: str, model_dir: st
             f"{run_dir} was trained with other settings ({', '.join(changed)}); pass --overwrite to retrain "
             "the whole comparison, or choose another name"
         )
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The events of a run's metrics.jsonl, in order."""
+    from ginformer.train import METRICS_FILE
+
+    return [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines() if line]
+
+
+def training_curves(runs: Sequence[tuple[str, Path]]) -> dict[str, dict[str, list[list[tuple[int, float]]]]]:
+    """metric -> variant -> one (step, value) list per run, for train_loss and val_perplexity.
+
+    runs: (variant, run directory) pairs, one per seed."""
+    curves: dict[str, dict[str, list]] = {"train_loss": {}, "val_perplexity": {}}
+    for variant, run_dir in runs:
+        metrics = read_metrics(run_dir)
+        for key, event in (("train_loss", "train"), ("val_perplexity", "eval")):
+            points = sorted({e["step"]: e[key] for e in metrics if e["event"] == event}.items())
+            curves[key].setdefault(variant, []).append(points)
+    return curves
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -374,13 +393,10 @@ def _markdown(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def read_runs(settings: CompareSettings) -> tuple[list[RunSummary], dict[str, Any]]:
     """Every run's summary and the baseline numbers (from the first run's evaluation: every run shares the data)."""
-    from ginformer.train import METRICS_FILE
-
     runs, evaluation = [], None
     for variant, seed, run in settings.runs():
-        metrics = [json.loads(line) for line in (run.run_dir / METRICS_FILE).read_text().splitlines() if line]
         evaluation = json.loads((run.run_dir / EVAL_FILE).read_text())
-        runs.append(run_summary(variant, seed, metrics, evaluation))
+        runs.append(run_summary(variant, seed, read_metrics(run.run_dir), evaluation))
     majority = evaluation["baseline"]
     baseline = {
         "min_val_perplexity": evaluation["unigram_perplexity"],
@@ -393,24 +409,11 @@ def read_runs(settings: CompareSettings) -> tuple[list[RunSummary], dict[str, An
     return runs, baseline
 
 
-def read_curves(settings: CompareSettings) -> dict[str, dict[str, list[list[tuple[int, float]]]]]:
-    """metric -> variant -> one (step, value) list per seed, for train_loss and val_perplexity."""
-    from ginformer.train import METRICS_FILE
-
-    curves: dict[str, dict[str, list]] = {"train_loss": {}, "val_perplexity": {}}
-    for variant, _, run in settings.runs():
-        metrics = [json.loads(line) for line in (run.run_dir / METRICS_FILE).read_text().splitlines() if line]
-        for key, event in (("train_loss", "train"), ("val_perplexity", "eval")):
-            points = sorted({e["step"]: e[key] for e in metrics if e["event"] == event}.items())
-            curves[key].setdefault(variant, []).append(points)
-    return curves
-
-
 def write_summary(settings: CompareSettings) -> Path:
     """summary.md, summary.csv, runs.csv and the figures of a comparison whose runs are all done."""
     root = settings.root
     runs, baseline = read_runs(settings)
-    figures = write_figures(settings, runs, read_curves(settings))
+    figures = write_figures(settings, runs, training_curves([(v, run.run_dir) for v, _, run in settings.runs()]))
     _write_csv(root, runs, baseline)
     (root / "summary.md").write_text(summary_markdown(settings, runs, baseline, figures))
     return root / "summary.md"

@@ -44,7 +44,6 @@ import yaml
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from ginformer.adapter import SparseGINConfig, SparseGINLayer, SparseGINModel, get_sparse_gin_model
 from ginformer.adapter.model import WEIGHTS_NAME, decoder_layers
@@ -65,13 +64,12 @@ from ginformer.train import (
     CONFIG_FILE,
     METRICS_FILE,
     MetricsLogger,
-    TrainingDiverged,
     _barrier,
     _check_run_dir,
     _create_run_dir,
-    _NonFiniteLoss,
     _PretrainTrainer,
     metrics_event,
+    train_until_done_or_diverged,
     training_arguments,
 )
 
@@ -515,26 +513,7 @@ def finetune(
     if settings.model.method == "none":
         trainer.evaluate()  # logged as the eval event at step 0
         return run_dir
-    try:
-        trainer.train(resume_from_checkpoint=checkpoint)
-    except _NonFiniteLoss as err:
-        last = get_last_checkpoint(run_dir)
-        if args.process_index == 0:
-            metrics.write(
-                {
-                    "event": "stopped",
-                    "step": err.step,
-                    "epoch": trainer.state.epoch,
-                    "reason": "non-finite loss",
-                    "loss": str(err.loss),
-                    "last_checkpoint": None if last is None else Path(last).name,
-                }
-            )
-        kept = f"the last good checkpoint is {last}" if last else "no checkpoint had been saved yet"
-        raise TrainingDiverged(
-            f"loss became {err.loss} at step {err.step}; training stopped and {kept} "
-            f"(try a lower training.learning_rate, then --resume or --overwrite)"
-        ) from None
+    train_until_done_or_diverged(trainer, metrics, checkpoint)
     trainer.save_model(str(run_dir / ADAPTER_DIR))
     return run_dir
 

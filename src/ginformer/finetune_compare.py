@@ -46,7 +46,16 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from ginformer.compare import _VARIANT_NAME, _markdown, format_mean_std, group_by_variant, mean_std
+from ginformer.compare import (
+    _VARIANT_NAME,
+    _markdown,
+    format_mean_std,
+    group_by_variant,
+    mean_std,
+    read_metrics,
+    refuse_changed_run,
+    training_curves,
+)
 from ginformer.experiment import ConfigError
 from ginformer.finetune import (
     ADAPTER_DIR,
@@ -56,7 +65,7 @@ from ginformer.finetune import (
     finetune_settings_from_dict,
     settings_dict,
 )
-from ginformer.train import CONFIG_FILE, METRICS_FILE
+from ginformer.train import METRICS_FILE
 
 COMPARE_KEYS = ("name", "seeds", "variants")
 OPTIONAL_KEYS = ("baseline", "evaluate")
@@ -222,7 +231,8 @@ def run_finetune_compare(settings: FinetuneCompareSettings, overwrite: bool = Fa
         shutil.rmtree(root)
     plan = settings.runs()
     for _, _, run in plan:
-        _check_finished_run(run)
+        if (run.run_dir / ADAPTER_DIR).is_dir():
+            refuse_changed_run(run.run_dir, settings_dict(run))
     root.mkdir(parents=True, exist_ok=True)
     (root / COMPARE_FILE).write_text(yaml.safe_dump(settings.to_dict(), sort_keys=False))
 
@@ -242,25 +252,6 @@ def run_finetune_compare(settings: FinetuneCompareSettings, overwrite: bool = Fa
             evaluate_finetune_run(run_dir, **settings.evaluate)
     write_summary(settings)
     return root
-
-
-def _check_finished_run(run: FinetuneSettings) -> None:
-    """A finished run is reused only when it was trained with exactly these settings."""
-    run_dir = run.run_dir
-    if not (run_dir / ADAPTER_DIR).is_dir():
-        return
-    saved = yaml.safe_load((run_dir / CONFIG_FILE).read_text()) or {}
-    changed = [
-        f"{section}.{key}"
-        for section, values in settings_dict(run).items()
-        for key, value in values.items()
-        if saved.get(section, {}).get(key) != value
-    ]
-    if changed:
-        raise FileExistsError(
-            f"{run_dir} was trained with other settings ({', '.join(changed)}); pass --overwrite to retrain "
-            "the whole comparison, or choose another name"
-        )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -379,30 +370,19 @@ def read_runs(settings: FinetuneCompareSettings) -> tuple[list[FinetuneRunSummar
         plan.append((BASELINE, None, settings.baseline_settings().run_dir))
     summaries = []
     for variant, seed, run_dir in plan:
-        metrics = [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines() if line]
         evaluation = json.loads((run_dir / EVAL_FILE).read_text())
-        summaries.append(finetune_run_summary(variant, seed, metrics, evaluation))
+        summaries.append(finetune_run_summary(variant, seed, read_metrics(run_dir), evaluation))
     if settings.baseline:
         return summaries[:-1], summaries[-1]
     return summaries, None
-
-
-def read_curves(settings: FinetuneCompareSettings) -> dict[str, dict[str, list[list[tuple[int, float]]]]]:
-    """metric -> variant -> one (step, value) list per seed, for train_loss and val_perplexity."""
-    curves: dict[str, dict[str, list]] = {"train_loss": {}, "val_perplexity": {}}
-    for variant, _, run in settings.runs():
-        metrics = [json.loads(line) for line in (run.run_dir / METRICS_FILE).read_text().splitlines() if line]
-        for key, event in (("train_loss", "train"), ("val_perplexity", "eval")):
-            points = sorted({e["step"]: e[key] for e in metrics if e["event"] == event}.items())
-            curves[key].setdefault(variant, []).append(points)
-    return curves
 
 
 def write_summary(settings: FinetuneCompareSettings) -> Path:
     """summary.md, summary.csv, runs.csv and the figures of a comparison whose runs are all done."""
     root = settings.root
     runs, baseline = read_runs(settings)
-    figures = write_figures(root / FIGURES_DIR, runs, read_curves(settings))
+    curves = training_curves([(variant, run.run_dir) for variant, _, run in settings.runs()])
+    figures = write_figures(root / FIGURES_DIR, runs, curves)
     _write_csv(root, runs, baseline)
     (root / "summary.md").write_text(summary_markdown(settings, runs, baseline, figures))
     return root / "summary.md"

@@ -127,11 +127,20 @@ def pretrain(
                 "val_examples": len(val_examples),
             }
         )
+    train_until_done_or_diverged(trainer, metrics, checkpoint)
+    trainer.save_model(str(run_dir / MODEL_DIR))
+    return run_dir
+
+
+def train_until_done_or_diverged(trainer: Trainer, metrics: MetricsLogger, checkpoint: str | None) -> None:
+    """trainer.train(), turning a non-finite loss into TrainingDiverged after logging a `stopped` event;
+    the step that produced it has changed no weight, so the last checkpoint is the last good state."""
+    run_dir = Path(trainer.args.output_dir)
     try:
         trainer.train(resume_from_checkpoint=checkpoint)
     except _NonFiniteLoss as err:
         last = get_last_checkpoint(run_dir)
-        if args.process_index == 0:
+        if trainer.args.process_index == 0:
             metrics.write(
                 {
                     "event": "stopped",
@@ -147,8 +156,6 @@ def pretrain(
             f"loss became {err.loss} at step {err.step}; training stopped and {kept} "
             f"(try a lower training.learning_rate, then --resume or --overwrite)"
         ) from None
-    trainer.save_model(str(run_dir / MODEL_DIR))
-    return run_dir
 
 
 def training_arguments(settings: ExperimentSettings) -> TrainingArguments:
