@@ -261,8 +261,17 @@ def test_cli_reports_a_diverged_run_in_one_line_with_exit_code_1(tmp_path, monke
         "ginformer pretrain: stopped: loss became nan at step 5; training stopped and the last good checkpoint is c-4"
     )
 
-def test_two_processes_train_like_one_process_with_the_combined_batch(tmp_path):
-    """torchrun, 2 processes × batch 4, against one process × batch 8: same examples per step, same losses.
+LAUNCHERS = {
+    "torchrun": ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
+    # --multi_gpu is accelerate's torch.distributed launcher; without CUDA the processes use gloo on the CPU.
+    "accelerate": ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                   "--mixed_precision", "no", "--dynamo_backend", "no"],
+}
+
+
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+def test_two_processes_train_like_one_process_with_the_combined_batch(tmp_path, launcher):
+    """2 processes × batch 4, against one process × batch 8: same examples per step, same losses.
 
     What differs is float32 summation order only (each process pads to its own longest example, and DDP
     averages the two halves' gradients), about 1e-7 relative; over 8 steps the largest difference seen was
@@ -278,8 +287,7 @@ def test_two_processes_train_like_one_process_with_the_combined_batch(tmp_path):
     src = str(Path(ginformer.__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "ginformer.cli", "pretrain", "--config", str(config), *sets],
+        [sys.executable, *LAUNCHERS[launcher], "-m", "ginformer.cli", "pretrain", "--config", str(config), *sets],
         env=env, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
