@@ -67,7 +67,7 @@ COMPARE_FILE = "compare.yaml"  # the resolved compare config, written into the c
 EVAL_FILE = "eval_val.json"
 FIGURES_DIR = "figures"
 DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "protein_compare.yaml"
-_VARIANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+=-]*")  # it becomes a directory name
+VARIANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+=-]*")  # it becomes a directory name
 
 
 @dataclass
@@ -132,7 +132,7 @@ def compare_settings_from_dict(raw: Any, overrides: Sequence[str] = ()) -> Compa
     if missing:
         raise ConfigError(f"compare config misses {', '.join(missing)}; it needs {', '.join(COMPARE_KEYS)}")
     name, seeds, target_params, variants = (raw[key] for key in COMPARE_KEYS)
-    if not isinstance(name, str) or not _VARIANT_NAME.fullmatch(name):
+    if not isinstance(name, str) or not VARIANT_NAME.fullmatch(name):
         raise ConfigError(f"name={name!r} is not allowed: expected a directory name (letters, digits, _ . + = -)")
     if (
         not isinstance(seeds, list)
@@ -159,7 +159,7 @@ def compare_settings_from_dict(raw: Any, overrides: Sequence[str] = ()) -> Compa
     model_keys = [f.name for f in dataclasses.fields(ModelSettings) if f.name != "target_params"]
     checked: dict[str, dict[str, Any]] = {}
     for variant, changes in variants.items():
-        if not isinstance(variant, str) or not _VARIANT_NAME.fullmatch(variant):
+        if not isinstance(variant, str) or not VARIANT_NAME.fullmatch(variant):
             raise ConfigError(f"variant name {variant!r} is not allowed: expected letters, digits, _ . + = -")
         changes = changes or {}
         if not isinstance(changes, Mapping):
@@ -379,10 +379,11 @@ def summary_table(runs: Sequence[RunSummary], baseline: Mapping[str, float]) -> 
     rows.append(
         ["baseline", "", "", *(format(baseline[f], fmt) if f in baseline else "" for f, _, fmt in METRICS)]
     )
-    return _markdown(headers, rows)
+    return markdown_table(headers, rows)
 
 
-def _markdown(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A GitHub markdown table with columns padded to their widest cell, so it also reads as plain text."""
     widths = [max(len(str(c)) for c in column) for column in zip(headers, *rows)]
 
     def line(cells: Sequence[Any]) -> str:
@@ -425,7 +426,7 @@ def summary_markdown(
     first = settings.run_settings(next(iter(settings.variants)), settings.seeds[0])
     data, training = first.data, first.training
     steps = "max_steps " + str(training.max_steps) if training.max_steps else f"{training.num_train_epochs:g} epochs"
-    per_run = _markdown(
+    per_run = markdown_table(
         ["variant", "seed", "parameters", "hidden", "steps", "min val ppl", "best step", "min train loss",
          "primary", "secondary", "both", "wall time (s)"],
         [[r.variant, r.seed, f"{r.parameters:,}", r.hidden_size, r.steps, f"{r.min_val_perplexity:.3f}", r.best_step,

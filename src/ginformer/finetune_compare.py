@@ -47,8 +47,8 @@ import yaml
 from tqdm.auto import tqdm
 
 from ginformer.compare import (
-    _VARIANT_NAME,
-    _markdown,
+    VARIANT_NAME,
+    markdown_table,
     format_mean_std,
     group_by_variant,
     mean_std,
@@ -180,7 +180,7 @@ def finetune_compare_settings_from_dict(raw: Any) -> FinetuneCompareSettings:
     if missing:
         raise ConfigError(f"compare config misses {', '.join(missing)}; it needs {', '.join(COMPARE_KEYS)}")
     name, seeds, variants = (raw[key] for key in COMPARE_KEYS)
-    if not isinstance(name, str) or not _VARIANT_NAME.fullmatch(name):
+    if not isinstance(name, str) or not VARIANT_NAME.fullmatch(name):
         raise ConfigError(f"name={name!r} is not allowed: expected a directory name (letters, digits, _ . + = -)")
     if (
         not isinstance(seeds, list)
@@ -209,7 +209,7 @@ def finetune_compare_settings_from_dict(raw: Any) -> FinetuneCompareSettings:
             raise ConfigError(f"training.{key} cannot be set in a compare config: {why}")
     checked = {}
     for variant, changes in variants.items():
-        if not isinstance(variant, str) or not _VARIANT_NAME.fullmatch(variant) or variant == BASELINE:
+        if not isinstance(variant, str) or not VARIANT_NAME.fullmatch(variant) or variant == BASELINE:
             raise ConfigError(
                 f"variant name {variant!r} is not allowed: expected letters, digits, _ . + = - (and not '{BASELINE}')"
             )
@@ -355,7 +355,7 @@ def summary_table(runs: Sequence[FinetuneRunSummary], baseline: FinetuneRunSumma
         rows.append(
             [f"{BASELINE} (frozen)", "none", "0", "", *(_cell([getattr(baseline, f)], fmt) for f, _, fmt in columns)]
         )
-    return _markdown(headers, rows)
+    return markdown_table(headers, rows)
 
 
 def _cell(values: Sequence[float | None], fmt: str) -> str:
@@ -397,7 +397,7 @@ def summary_markdown(
     first = settings.run_settings(next(iter(settings.variants)), settings.seeds[0])
     data, training = first.data, first.training
     steps = f"max_steps {training.max_steps}" if training.max_steps else f"{training.num_train_epochs:g} epochs"
-    per_run = _markdown(
+    per_run = markdown_table(
         ["variant", "seed", "trainable", "steps", "final val ppl", "min val ppl", "final train loss",
          "strict", "flexible", "accuracy", "s / step"],
         [[r.variant, r.seed, f"{r.trainable_parameters:,}", r.steps, f"{r.final_val_perplexity:.3f}",
