@@ -10,6 +10,7 @@ The dense variants are skipped above --max-dense-length (their time and memory g
 
     python bench/attention_step.py                        # CPU defaults: T = 256, 1024, 4096
     python bench/attention_step.py --lengths 256 --repeats 3
+    python bench/attention_step.py --compile              # every model through torch.compile (inductor)
 """
 
 import argparse
@@ -46,6 +47,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="timed steps per variant (after one warm-up)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--max-dense-length", type=int, default=None, help="default: 1024 on CPU, no limit on CUDA")
+    parser.add_argument("--compile", action="store_true", help="wrap every model in torch.compile (the warm-up compiles)")
     return add_common_args(parser).parse_args()
 
 
@@ -67,7 +69,8 @@ def main() -> None:
             kind = options.pop("kind")
             config = model_config(kind, hidden=args.hidden, heads=args.heads, layers=args.layers, **options)
             try:
-                steps[name] = training_step(build_model(config, device, dtype), input_ids)
+                model = build_model(config, device, dtype)
+                steps[name] = training_step(torch.compile(model) if args.compile else model, input_ids)
                 steps[name]()  # warm-up; also where a variant too big for the device fails
             except torch.OutOfMemoryError:
                 steps.pop(name, None)
@@ -86,7 +89,7 @@ def main() -> None:
             results.append(dict(length=length, batch=batch, variant=name, seconds=seconds[name], ratio=ratio))
         del steps
     print_table(
-        f"training step, median of {args.repeats} (round-robin)",
+        f"training step{' (torch.compile)' if args.compile else ''}, median of {args.repeats} (round-robin)",
         ["T", "batch", "variant", "ms/step", "tokens/s", "× standard"],
         rows,
     )

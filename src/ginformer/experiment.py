@@ -148,6 +148,7 @@ class TrainingSettings:
     save_total_limit: int | None = None  # keep only the newest N checkpoints
     seed: int = 42  # model init, dropout and data order
     bf16: bool = False  # bfloat16 autocast; on CPUs without bf16 units it is slower
+    torch_compile: bool = False  # torch.compile the model (Trainer's option): slow first steps, maybe faster later
 
     def __post_init__(self) -> None:
         _check_types(self, "training")

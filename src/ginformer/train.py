@@ -183,6 +183,7 @@ def training_arguments(settings: ExperimentSettings) -> TrainingArguments:
         seed=t.seed,
         data_seed=t.seed,  # the shuffling order is part of the run, so resume and multi-process runs see it too
         bf16=t.bf16,
+        torch_compile=t.torch_compile,
         # We stop on a non-finite loss ourselves; Trainer's filter would hide it from the logs.
         logging_nan_inf_filter=False,
         prediction_loss_only=True,
