@@ -120,7 +120,7 @@ class DataSettings:
     def __post_init__(self) -> None:
         _check_types(self, "data")
         _positive(self, "data", "max_length")
-        _require(0.0 < self.val_fraction < 1.0, "data.val_fraction", self.val_fraction, "in (0, 1)")
+        require(0.0 < self.val_fraction < 1.0, "data.val_fraction", self.val_fraction, "in (0, 1)")
         for name in ("max_train_examples", "max_val_examples"):
             if getattr(self, name) is not None:
                 _positive(self, "data", name)
@@ -152,7 +152,7 @@ class TrainingSettings:
 
     def __post_init__(self) -> None:
         _check_types(self, "training")
-        _require(
+        require(
             bool(self.run_name) and "/" not in self.run_name and self.run_name not in (".", ".."),
             "training.run_name",
             self.run_name,
@@ -172,9 +172,9 @@ class TrainingSettings:
         for name in ("max_steps", "save_total_limit"):
             if getattr(self, name) is not None:
                 _positive(self, "training", name)
-        _require(self.warmup_steps >= 0, "training.warmup_steps", self.warmup_steps, ">= 0")
-        _require(self.weight_decay >= 0, "training.weight_decay", self.weight_decay, ">= 0")
-        _require(self.max_grad_norm >= 0, "training.max_grad_norm", self.max_grad_norm, ">= 0 (0 disables clipping)")
+        require(self.warmup_steps >= 0, "training.warmup_steps", self.warmup_steps, ">= 0")
+        require(self.weight_decay >= 0, "training.weight_decay", self.weight_decay, ">= 0")
+        require(self.max_grad_norm >= 0, "training.max_grad_norm", self.max_grad_norm, ">= 0 (0 disables clipping)")
 
 
 @dataclass
@@ -200,7 +200,7 @@ def settings_from_dict(raw: Mapping[str, Any] | None) -> ExperimentSettings:
         raise ConfigError(f"a run config must be a mapping of sections {list(SECTIONS)}, got {type(raw).__name__}")
     for section in raw:
         if section not in SECTIONS:
-            raise ConfigError(_unknown("section", str(section), list(SECTIONS)))
+            raise ConfigError(unknown_key_message("section", str(section), list(SECTIONS)))
     sections = {}
     for section, cls in SECTIONS.items():
         values = raw.get(section) or {}
@@ -209,7 +209,7 @@ def settings_from_dict(raw: Mapping[str, Any] | None) -> ExperimentSettings:
         allowed = [f.name for f in dataclasses.fields(cls)]
         for key in values:
             if key not in allowed:
-                raise ConfigError(_unknown(f"key in '{section}'", f"{section}.{key}", allowed))
+                raise ConfigError(unknown_key_message(f"key in '{section}'", f"{section}.{key}", allowed))
         sections[section] = cls(**values)
     return ExperimentSettings(**sections)
 
@@ -239,7 +239,7 @@ def apply_overrides(raw: Mapping[str, Any] | None, overrides: Sequence[str]) -> 
     for text in overrides:
         section, key, value = parse_override(text)
         if section not in SECTIONS:
-            raise ConfigError(_unknown("section", section, list(SECTIONS)))
+            raise ConfigError(unknown_key_message("section", section, list(SECTIONS)))
         values = merged.get(section) or {}
         if not isinstance(values, dict):
             raise ConfigError(f"section '{section}' must be a mapping of keys to values, got {values!r}")
@@ -267,20 +267,20 @@ def save_settings(settings: ExperimentSettings, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(settings_to_dict(settings), sort_keys=False))
 
 
-def _unknown(what: str, name: str, allowed: list[str]) -> str:
+def unknown_key_message(what: str, name: str, allowed: list[str]) -> str:
     close = difflib.get_close_matches(name.rsplit(".", 1)[-1], allowed, n=1)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
     return f"unknown {what}: '{name}'{hint}; allowed: {', '.join(allowed)}"
 
 
-def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
+def require(ok: bool, key: str, value: Any, allowed: str) -> None:
     if not ok:
         raise ConfigError(f"{key}={value!r} is not allowed: expected {allowed}")
 
 
 def _positive(obj: Any, section: str, name: str) -> None:
     value = getattr(obj, name)
-    _require(value > 0, f"{section}.{name}", value, "> 0")
+    require(value > 0, f"{section}.{name}", value, "> 0")
 
 
 def _check_types(obj: Any, section: str) -> None:
@@ -288,34 +288,34 @@ def _check_types(obj: Any, section: str) -> None:
     hints = typing.get_type_hints(type(obj))
     for f in dataclasses.fields(obj):
         key = f"{section}.{f.name}"
-        setattr(obj, f.name, _coerce(getattr(obj, f.name), hints[f.name], key))
+        setattr(obj, f.name, coerce(getattr(obj, f.name), hints[f.name], key))
 
 
-def _coerce(value: Any, annotation: Any, key: str) -> Any:
+def coerce(value: Any, annotation: Any, key: str) -> Any:
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         for option in typing.get_args(annotation):
             try:
-                return _coerce(value, option, key)
+                return coerce(value, option, key)
             except ConfigError:
                 continue
         raise ConfigError(f"{key}={value!r} is not allowed: expected {_describe(annotation)}")
     if origin is Literal:
         allowed = typing.get_args(annotation)
-        _require(value in allowed, key, value, f"one of {list(allowed)}")
+        require(value in allowed, key, value, f"one of {list(allowed)}")
         return value
     if origin is list:
         (item,) = typing.get_args(annotation)
-        _require(isinstance(value, list), key, value, _describe(annotation))
-        return [_coerce(v, item, key) for v in value]
+        require(isinstance(value, list), key, value, _describe(annotation))
+        return [coerce(v, item, key) for v in value]
     if annotation is type(None):
-        _require(value is None, key, value, "null")
+        require(value is None, key, value, "null")
         return None
     if annotation is bool:
-        _require(isinstance(value, bool), key, value, "true or false")
+        require(isinstance(value, bool), key, value, "true or false")
         return value
     if annotation is int:
-        _require(isinstance(value, int) and not isinstance(value, bool), key, value, "an integer")
+        require(isinstance(value, int) and not isinstance(value, bool), key, value, "an integer")
         return value
     if annotation is float:
         # PyYAML reads `1e-4` (no dot) as a string; accept it as the number it plainly is.
@@ -325,10 +325,10 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             except ValueError:
                 pass
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        _require(ok, key, value, "a finite number")
+        require(ok, key, value, "a finite number")
         return float(value)
     if annotation is str:
-        _require(isinstance(value, str), key, value, "a string")
+        require(isinstance(value, str), key, value, "a string")
         return value
     raise TypeError(f"{key}: unsupported annotation {annotation!r}")
 

@@ -58,16 +58,16 @@ from ginformer.data.instruct import (
     split_examples,
     tokenize_example,
 )
-from ginformer.experiment import ConfigError, TrainingSettings, _coerce, _require, _unknown
+from ginformer.experiment import ConfigError, TrainingSettings, coerce, require, unknown_key_message
 from ginformer.pretrained import load_base_model
 from ginformer.train import (
     CONFIG_FILE,
     METRICS_FILE,
+    GuardedTrainer,
     MetricsLogger,
-    _barrier,
-    _check_run_dir,
-    _create_run_dir,
-    _PretrainTrainer,
+    barrier,
+    check_run_dir,
+    create_run_dir,
     metrics_event,
     train_until_done_or_diverged,
     training_arguments,
@@ -111,10 +111,10 @@ class LoraSettings:
 
     def __post_init__(self) -> None:
         if self.rank is not None:
-            _require(self.rank > 0, "model.lora.rank", self.rank, "> 0 or null")
+            require(self.rank > 0, "model.lora.rank", self.rank, "> 0 or null")
         if self.alpha is not None:
-            _require(self.alpha > 0, "model.lora.alpha", self.alpha, "> 0 or null")
-        _require(0.0 <= self.dropout < 1.0, "model.lora.dropout", self.dropout, "in [0, 1)")
+            require(self.alpha > 0, "model.lora.alpha", self.alpha, "> 0 or null")
+        require(0.0 <= self.dropout < 1.0, "model.lora.dropout", self.dropout, "in [0, 1)")
 
 
 @dataclass
@@ -144,12 +144,12 @@ class FinetuneDataSettings:
     max_val_examples: int | None = 100  # validate on the first N validation examples: a fixed, affordable subset
 
     def __post_init__(self) -> None:
-        _require(self.max_length >= 2, "data.max_length", self.max_length, ">= 2")
-        _require(0.0 < self.val_fraction < 1.0, "data.val_fraction", self.val_fraction, "in (0, 1)")
+        require(self.max_length >= 2, "data.max_length", self.max_length, ">= 2")
+        require(0.0 < self.val_fraction < 1.0, "data.val_fraction", self.val_fraction, "in (0, 1)")
         for name in ("max_train_examples", "max_val_examples"):
             value = getattr(self, name)
             if value is not None:
-                _require(value > 0, f"data.{name}", value, "> 0 or null")
+                require(value > 0, f"data.{name}", value, "> 0 or null")
 
 
 @dataclass
@@ -179,7 +179,7 @@ def finetune_settings_from_dict(raw: Mapping[str, Any] | None) -> FinetuneSettin
         raise ConfigError(f"a fine-tuning config must be a mapping of sections {list(FINETUNE_SECTIONS)}")
     for section in raw:
         if section not in FINETUNE_SECTIONS:
-            raise ConfigError(_unknown("section", str(section), list(FINETUNE_SECTIONS)))
+            raise ConfigError(unknown_key_message("section", str(section), list(FINETUNE_SECTIONS)))
     training = {**FINETUNE_TRAINING_DEFAULTS, **_mapping(raw.get("training"), "training")}
     return FinetuneSettings(
         model=_build(FinetuneModelSettings, raw.get("model"), "model"),
@@ -249,11 +249,11 @@ def _build(cls: type, values: Any, where: str):
     checked = {}
     for key, value in values.items():
         if key not in allowed:
-            raise ConfigError(_unknown(f"key in '{where}'", f"{where}.{key}", allowed))
+            raise ConfigError(unknown_key_message(f"key in '{where}'", f"{where}.{key}", allowed))
         if dataclasses.is_dataclass(hints[key]):
             checked[key] = _build(hints[key], value, f"{where}.{key}")
         else:
-            checked[key] = _coerce(value, hints[key], f"{where}.{key}")
+            checked[key] = coerce(value, hints[key], f"{where}.{key}")
     try:
         return cls(**checked)
     except ConfigError:
@@ -429,7 +429,7 @@ class FinetuneMetricsLogger(MetricsLogger):
         self.write(event)
 
 
-class _FinetuneTrainer(_PretrainTrainer):
+class _FinetuneTrainer(GuardedTrainer):
     """train.py's Trainer (NaN stop, token-weighted validation loss) whose checkpoints hold the adapter only.
 
     Trainer saves a module that is no PreTrainedModel as its whole state dict, which would copy the frozen base
@@ -471,8 +471,8 @@ def finetune(
         raise ConfigError("model.method='none' trains nothing, so there is nothing to resume; use --overwrite")
     run_dir = settings.run_dir
     args = training_arguments(settings)
-    checkpoint = _check_run_dir(settings, resume, overwrite)
-    _barrier()
+    checkpoint = check_run_dir(settings, resume, overwrite)
+    barrier()
 
     set_seed(settings.training.seed)  # the adapter's initial weights
     built = build_finetune_model(settings.model)
@@ -480,8 +480,8 @@ def finetune(
 
     # Only now, with model and data built, does the run directory change: a bad setting leaves it untouched.
     if args.process_index == 0:
-        _create_run_dir(settings, checkpoint, overwrite)
-    _barrier()
+        create_run_dir(settings, checkpoint, overwrite)
+    barrier()
     metrics = FinetuneMetricsLogger(run_dir / METRICS_FILE)
     trainer = _FinetuneTrainer(
         model=built.model,

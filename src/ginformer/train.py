@@ -86,8 +86,8 @@ def pretrain(
         raise ValueError("resume and overwrite exclude each other: resume continues a run, overwrite deletes it")
     run_dir = settings.run_dir
     args = training_arguments(settings)
-    checkpoint = _check_run_dir(settings, resume, overwrite)
-    _barrier()  # every process has looked before the main process changes anything
+    checkpoint = check_run_dir(settings, resume, overwrite)
+    barrier()  # every process has looked before the main process changes anything
 
     tokenizer = build_protein_tokenizer()
     train_examples, val_examples = build_datasets(settings.data, tokenizer)
@@ -102,10 +102,10 @@ def pretrain(
 
     # Only now, with data and model built, does the run directory change: a bad setting leaves it untouched.
     if args.process_index == 0:
-        _create_run_dir(settings, checkpoint, overwrite)
-    _barrier()
+        create_run_dir(settings, checkpoint, overwrite)
+    barrier()
     metrics = MetricsLogger(run_dir / METRICS_FILE)
-    trainer = _PretrainTrainer(
+    trainer = GuardedTrainer(
         model=model,
         args=args,
         train_dataset=train_examples,
@@ -328,7 +328,7 @@ class _NonFiniteLoss(Exception):
         self.step, self.loss = step, loss
 
 
-class _PretrainTrainer(Trainer):
+class GuardedTrainer(Trainer):
     """Trainer with two changes: it stops before a step whose loss is NaN/inf changes the weights, and its
     validation loss is the token-weighted mean over the whole set.
 
@@ -377,7 +377,7 @@ def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor,
     return nll.sum(dim=1), (targets != IGNORE_INDEX).sum(dim=1)
 
 
-def _check_run_dir(settings: ExperimentSettings, resume: bool, overwrite: bool) -> str | None:
+def check_run_dir(settings: ExperimentSettings, resume: bool, overwrite: bool) -> str | None:
     """Check the run directory against the flags without changing it; return the checkpoint to resume from."""
     run_dir = settings.run_dir
     if resume:
@@ -394,7 +394,7 @@ def _check_run_dir(settings: ExperimentSettings, resume: bool, overwrite: bool) 
     return None
 
 
-def _create_run_dir(settings: ExperimentSettings, checkpoint: str | None, overwrite: bool) -> None:
+def create_run_dir(settings: ExperimentSettings, checkpoint: str | None, overwrite: bool) -> None:
     """(Re)create the run directory and write config.yaml; on resume, trim metrics.jsonl to the checkpoint."""
     run_dir = settings.run_dir
     if overwrite and run_dir.exists():
@@ -441,6 +441,7 @@ def _checkpoint_step(checkpoint: str) -> int:
     return int(Path(checkpoint).name.rsplit("-", 1)[1])
 
 
-def _barrier() -> None:
+def barrier() -> None:
+    """Wait until every process gets here; nothing to wait for in a single process."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
