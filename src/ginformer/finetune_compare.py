@@ -418,7 +418,7 @@ def summary_markdown(
             f"- training: {steps}, batch {training.per_device_train_batch_size} × "
             f"{training.gradient_accumulation_steps} accumulation, learning rate {training.learning_rate:g}, "
             f"bf16 {training.bf16}",
-            f"- generation: greedy, {'all validation rows' if generate is None else f'the first {generate} rows'}",
+            f"- generation: {_generation_scope(generate)}",
             f"- machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
             f"{'CUDA' if torch.cuda.is_available() else 'no GPU'}",
             "",
@@ -436,6 +436,12 @@ def summary_markdown(
             "",
         ]
     )
+
+
+def _generation_scope(generate: int | None) -> str:
+    if generate == 0:
+        return "none (scored by perplexity only)"
+    return f"greedy, {'all validation rows' if generate is None else f'the first {generate} rows'}"
 
 
 def _fmt(value: float | None, fmt: str) -> str:
