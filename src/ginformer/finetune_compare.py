@@ -48,9 +48,9 @@ from tqdm.auto import tqdm
 
 from ginformer.compare import (
     VARIANT_NAME,
-    markdown_table,
     format_mean_std,
     group_by_variant,
+    markdown_table,
     mean_std,
     read_metrics,
     refuse_changed_run,
