@@ -117,3 +117,20 @@ def test_pna_extremum_over_causal_chunks_equals_a_masked_reduction(monkeypatch, 
     for got, want in zip(torch.autograd.grad((ours * weights).sum(), (x, adjacency)),
                          torch.autograd.grad((naive * weights).sum(), (x, adjacency))):
         torch.testing.assert_close(got, want)
+
+
+def test_compiled_pna_max_min_equal_eager():
+    """Under torch.compile the key cut is skipped (it would break the graph): same values and gradients."""
+    generator = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 3, 9, 4, generator=generator).requires_grad_()
+    adjacency = (torch.rand(2, 3, 9, 9, generator=generator) * (torch.rand(2, 3, 9, 9, generator=generator) > 0.3))
+    adjacency = adjacency.tril().requires_grad_()
+
+    def aggregate(x, adjacency):
+        return pna_aggregate(x, adjacency, ["max", "min"], ["identity"], 1.0)
+
+    eager, compiled = aggregate(x, adjacency), torch.compile(aggregate, fullgraph=True)(x, adjacency)
+    torch.testing.assert_close(compiled, eager)
+    for got, want in zip(torch.autograd.grad(compiled.sum(), (x, adjacency)),
+                         torch.autograd.grad(eager.sum(), (x, adjacency))):
+        torch.testing.assert_close(got, want)

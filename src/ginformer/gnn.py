@@ -29,6 +29,12 @@ def gin_aggregate(
     return self_weight * x_self + adjacency @ x_nodes
 
 
+def _keys_reached(has_edge: torch.Tensor) -> int:
+    """1 + the last key any of these rows has an edge to (at least 1): no later key can win a max or min."""
+    used = has_edge.reshape(-1, has_edge.shape[-1]).any(0)  # (T_k,)
+    return int(used.nonzero().max()) + 1 if used.any() else 1
+
+
 def _extremum(x_nodes: torch.Tensor, adjacency: torch.Tensor, largest: bool) -> torch.Tensor:
     """max (or min) over neighbours j (A_ij > 0) of the weighted messages A_ij·x_j; 0 for a node with none.
 
@@ -46,8 +52,9 @@ def _extremum(x_nodes: torch.Tensor, adjacency: torch.Tensor, largest: bool) -> 
     with torch.no_grad():
         winners = []
         for start in range(0, t_q, chunk):
-            rows = has_edge[..., start : start + chunk, :].reshape(-1, t_k).any(0)  # (T_k,): keys any row uses
-            keys = int(rows.nonzero().max()) + 1 if rows.any() else 1
+            # The cut is data-dependent: under torch.compile it would break the graph and recompile for every
+            # chunk, so compiled code scans all keys (inductor fuses that scan well).
+            keys = t_k if torch.compiler.is_compiling() else _keys_reached(has_edge[..., start : start + chunk, :])
             weights = adjacency[..., start : start + chunk, :keys, None]  # (..., c, keys, 1)
             messages = weights * x_nodes[..., None, :keys, :]  # (..., c, keys, D)
             messages.masked_fill_(weights == 0, fill)
