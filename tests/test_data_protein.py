@@ -262,15 +262,15 @@ def test_source_errors(tmp_path):
 def test_hub_id_goes_to_datasets_and_fails_clearly(monkeypatch):
     import datasets
 
-    def offline(dataset_id, split):
+    def offline(dataset_id, config, split):
         raise ConnectionError("no network")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(RuntimeError, match=r"could not load hub dataset 'someone/proteins'.*ConnectionError"):
         load_protein_records("someone/proteins")
 
-    def fake(dataset_id, split):
-        assert (dataset_id, split) == ("someone/proteins", "train")
+    def fake(dataset_id, config, split):
+        assert (dataset_id, config, split) == ("someone/proteins", None, "train")
         return datasets.Dataset.from_dict({"Sequence": ["ACD", "AC"], "Secondary_structure": ["EEH", "HH"]})
 
     monkeypatch.setattr(datasets, "load_dataset", fake)

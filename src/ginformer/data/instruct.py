@@ -43,6 +43,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from ginformer.data.rows import load_hub_dataset, report_bad_rows
+
 Template = Literal["paper", "chat"]
 OnBadRow = Literal["skip", "error"]
 
@@ -58,9 +60,6 @@ SPLIT_SEED = 42
 FOLIO_LABELS: tuple[str, ...] = ("True", "False", "Uncertain")
 _FOLIO_LABEL_SPELLINGS = {"true": "True", "false": "False", "uncertain": "Uncertain", "unknown": "Uncertain"}
 FOLIO_QUESTION = "True, False, or Uncertain?"
-
-# How many bad rows a warning or an error spells out; the rest are only counted.
-_BAD_ROWS_SHOWN = 5
 
 # "owner/name" or "name" as the hub spells dataset ids; anything else that does not exist is a missing file.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -194,13 +193,7 @@ def _validate_rows(rows, name: str, make, on_bad_row: OnBadRow) -> list[Instruct
             examples.append(make(row, line))
         except ValueError as problem:
             bad.append((line, str(problem)))
-    if bad:
-        listed = "; ".join(f"line {line}: {why}" for line, why in bad[:_BAD_ROWS_SHOWN])
-        more = f"; and {len(bad) - _BAD_ROWS_SHOWN} more" if len(bad) > _BAD_ROWS_SHOWN else ""
-        summary = f"{name}: {len(bad)} bad row(s): {listed}{more}"
-        if on_bad_row == "error":
-            raise ValueError(summary)
-        warnings.warn(f"skipped {summary}", stacklevel=3)
+    report_bad_rows(name, bad, on_bad_row, where="line", stacklevel=4)  # called by the public loaders
     if not examples:
         raise ValueError(f"{name}: no usable rows")
     return examples
@@ -224,7 +217,8 @@ def _read_rows(
             return list(_parse_jsonl(f)), str(path)
     if isinstance(source, Path) or path.suffix in (".jsonl", ".json") or not _HUB_ID.match(str(source)):
         raise FileNotFoundError(f"{bundled} source file not found: {path} (and it is not a hub id owner/name)")
-    return _load_hub(str(source), hub_config, hub_split), f"hub dataset {source!r} ({hub_split})"
+    dataset = load_hub_dataset(str(source), hub_config, hub_split, local_formats=".jsonl")
+    return list(enumerate(dataset, start=1)), f"hub dataset {source!r} ({hub_split})"
 
 
 def _parse_jsonl(lines: Iterable[str]) -> Iterator[tuple[int, dict | str]]:
@@ -239,17 +233,6 @@ def _parse_jsonl(lines: Iterable[str]) -> Iterator[tuple[int, dict | str]]:
         yield line_number, row if isinstance(row, dict) else f"a JSON {type(row).__name__}, expected an object"
 
 
-def _load_hub(dataset_id: str, config: str | None, split: str) -> list[tuple[int, dict]]:
-    import datasets
-
-    try:
-        dataset = datasets.load_dataset(dataset_id, config, split=split)
-    except Exception as err:  # the hub raises many kinds: connection, offline mode, missing repo or config
-        raise RuntimeError(
-            f"could not load hub dataset {dataset_id!r} ({type(err).__name__}: {err}); it is not a local path "
-            "either. Check the id and the network, or pass a local .jsonl file"
-        ) from err
-    return list(enumerate(dataset, start=1))
 
 
 def _merge_groups_sharing_premises(examples: list[InstructExample]) -> list[InstructExample]:

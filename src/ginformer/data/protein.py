@@ -29,7 +29,6 @@ from __future__ import annotations
 import csv
 import json
 import random
-import warnings
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -37,6 +36,8 @@ from pathlib import Path
 from typing import Literal
 
 from tqdm.auto import tqdm
+
+from ginformer.data.rows import load_hub_dataset, report_bad_rows
 
 # The fixed class order: label-token order in the tokenizer, and the tie-break when counts are equal.
 SS_CLASSES: tuple[str, ...] = ("AH", "BS", "UNSTRUCTURED", "BEND", "PHIHELIX", "310HELIX", "BETABRIDGE", "T")
@@ -65,8 +66,6 @@ TABLE_SUFFIXES = (".parquet", ".csv", ".jsonl")
 _REQUIRED_COLUMN = "Sequence"
 _STRUCTURE_COLUMN = "Secondary_structure"
 _LABEL_COLUMNS = ("Primary_SS_Type", "Secondary_SS_Type")
-# How many bad rows a warning or an error spells out; the rest are only counted.
-_BAD_ROWS_SHOWN = 5
 
 BOS, SEQ_START, SEQ_END, EOT = "<|begin_of_text|>", "<|sequence|>", "<|/sequence|>", "<|eot_id|>"
 
@@ -162,13 +161,7 @@ def load_protein_records(
             continue
         records.append(record)
 
-    if bad:
-        listed = "; ".join(f"row {row}: {why}" for row, why in bad[:_BAD_ROWS_SHOWN])
-        more = f"; and {len(bad) - _BAD_ROWS_SHOWN} more" if len(bad) > _BAD_ROWS_SHOWN else ""
-        summary = f"{name}: {len(bad)} bad row(s) (0-based row numbers in the source): {listed}{more}"
-        if on_bad_row == "error":
-            raise ValueError(summary)
-        warnings.warn(f"skipped {summary}", stacklevel=2)
+    report_bad_rows(name, bad, on_bad_row, where="row", numbering=" (0-based row numbers in the source)")
     return records
 
 
@@ -219,7 +212,8 @@ def _read_columns(source: str | Path) -> tuple[dict[str, list], str]:
         return {key: [r.get(key) for r in rows] for key in names}, str(path)
     if isinstance(source, Path) or path.suffix in TABLE_SUFFIXES:
         raise FileNotFoundError(f"protein source file not found: {path}")
-    return _load_hub(str(source)), f"hub dataset {source!r}"
+    dataset = load_hub_dataset(str(source), None, "train", local_formats=".parquet/.csv/.jsonl")
+    return dataset.to_dict(), f"hub dataset {source!r}"
 
 
 def _read_jsonl(lines: Iterable[str], path: Path) -> list[dict]:
@@ -236,18 +230,6 @@ def _read_jsonl(lines: Iterable[str], path: Path) -> list[dict]:
             raise ValueError(f"{path}: line {line_number} is a JSON {type(row).__name__}, expected an object")
         rows.append(row)
     return rows
-
-
-def _load_hub(dataset_id: str) -> dict[str, list]:
-    import datasets
-
-    try:
-        return datasets.load_dataset(dataset_id, split="train").to_dict()
-    except Exception as err:  # the hub raises many kinds: connection, offline mode, missing repo
-        raise RuntimeError(
-            f"could not load hub dataset {dataset_id!r} ({type(err).__name__}: {err}); it is not a local path "
-            "either. Check the id and the network, or pass a local .parquet/.csv/.jsonl file"
-        ) from err
 
 
 def split_records(
