@@ -201,18 +201,39 @@ def settings_from_dict(raw: Mapping[str, Any] | None) -> ExperimentSettings:
     for section in raw:
         if section not in SECTIONS:
             raise ConfigError(unknown_key_message("section", str(section), list(SECTIONS)))
-    sections = {}
-    for section, cls in SECTIONS.items():
-        values = raw.get(section) or {}
-        if not isinstance(values, Mapping):
-            raise ConfigError(f"section '{section}' must be a mapping of keys to values, got {values!r}")
-        allowed = [f.name for f in dataclasses.fields(cls)]
-        for key in values:
-            if key not in allowed:
-                raise ConfigError(unknown_key_message(f"key in '{section}'", f"{section}.{key}", allowed))
-        sections[section] = cls(**values)
+    sections = {section: build_settings(cls, raw.get(section), section) for section, cls in SECTIONS.items()}
     return ExperimentSettings(**sections)
 
+
+def section_mapping(values: Any, where: str) -> dict[str, Any]:
+    """A config section as a dict; a missing (None) section is empty."""
+    if values is None:
+        return {}
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"section '{where}' must be a mapping of keys to values, got {values!r}")
+    return dict(values)
+
+
+def build_settings(cls: type, values: Any, where: str):
+    """`cls(**values)` with unknown keys refused, each value checked against its annotation (nested dataclasses
+    built the same way), and the class's own ValueError reported as a ConfigError naming `where`."""
+    values = section_mapping(values, where)
+    hints = typing.get_type_hints(cls)
+    allowed = [f.name for f in dataclasses.fields(cls)]
+    checked = {}
+    for key, value in values.items():
+        if key not in allowed:
+            raise ConfigError(unknown_key_message(f"key in '{where}'", f"{where}.{key}", allowed))
+        if dataclasses.is_dataclass(hints[key]):
+            checked[key] = build_settings(hints[key], value, f"{where}.{key}")
+        else:
+            checked[key] = _coerce(value, hints[key], f"{where}.{key}")
+    try:
+        return cls(**checked)
+    except ConfigError:
+        raise
+    except ValueError as err:
+        raise ConfigError(f"{where}: {err}") from None
 
 def settings_to_dict(settings: ExperimentSettings) -> dict[str, dict[str, Any]]:
     return {section: dataclasses.asdict(getattr(settings, section)) for section in SECTIONS}
@@ -288,15 +309,15 @@ def _check_types(obj: Any, section: str) -> None:
     hints = typing.get_type_hints(type(obj))
     for f in dataclasses.fields(obj):
         key = f"{section}.{f.name}"
-        setattr(obj, f.name, coerce(getattr(obj, f.name), hints[f.name], key))
+        setattr(obj, f.name, _coerce(getattr(obj, f.name), hints[f.name], key))
 
 
-def coerce(value: Any, annotation: Any, key: str) -> Any:
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         for option in typing.get_args(annotation):
             try:
-                return coerce(value, option, key)
+                return _coerce(value, option, key)
             except ConfigError:
                 continue
         raise ConfigError(f"{key}={value!r} is not allowed: expected {_describe(annotation)}")
@@ -307,7 +328,7 @@ def coerce(value: Any, annotation: Any, key: str) -> Any:
     if origin is list:
         (item,) = typing.get_args(annotation)
         require(isinstance(value, list), key, value, _describe(annotation))
-        return [coerce(v, item, key) for v in value]
+        return [_coerce(v, item, key) for v in value]
     if annotation is type(None):
         require(value is None, key, value, "null")
         return None

@@ -32,7 +32,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-import typing
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,7 +57,14 @@ from ginformer.data.instruct import (
     split_examples,
     tokenize_example,
 )
-from ginformer.experiment import ConfigError, TrainingSettings, coerce, require, unknown_key_message
+from ginformer.experiment import (
+    ConfigError,
+    TrainingSettings,
+    build_settings,
+    require,
+    section_mapping,
+    unknown_key_message,
+)
 from ginformer.pretrained import load_base_model
 from ginformer.train import (
     CONFIG_FILE,
@@ -180,11 +186,11 @@ def finetune_settings_from_dict(raw: Mapping[str, Any] | None) -> FinetuneSettin
     for section in raw:
         if section not in FINETUNE_SECTIONS:
             raise ConfigError(unknown_key_message("section", str(section), list(FINETUNE_SECTIONS)))
-    training = {**FINETUNE_TRAINING_DEFAULTS, **_mapping(raw.get("training"), "training")}
+    training = {**FINETUNE_TRAINING_DEFAULTS, **section_mapping(raw.get("training"), "training")}
     return FinetuneSettings(
-        model=_build(FinetuneModelSettings, raw.get("model"), "model"),
-        data=_build(FinetuneDataSettings, raw.get("data"), "data"),
-        training=_build(TrainingSettings, training, "training"),
+        model=build_settings(FinetuneModelSettings, raw.get("model"), "model"),
+        data=build_settings(FinetuneDataSettings, raw.get("data"), "data"),
+        training=build_settings(TrainingSettings, training, "training"),
     )
 
 
@@ -230,36 +236,6 @@ def apply_nested_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> 
 
 def settings_dict(settings: FinetuneSettings) -> dict[str, dict[str, Any]]:
     return {section: dataclasses.asdict(getattr(settings, section)) for section in FINETUNE_SECTIONS}
-
-
-def _mapping(values: Any, where: str) -> dict[str, Any]:
-    if values is None:
-        return {}
-    if not isinstance(values, Mapping):
-        raise ConfigError(f"'{where}' must be a mapping of keys to values, got {values!r}")
-    return dict(values)
-
-
-def _build(cls: type, values: Any, where: str):
-    """`cls(**values)` with unknown keys refused, each value checked against its annotation (nested dataclasses
-    built the same way), and the class's own ValueError reported as a ConfigError naming `where`."""
-    values = _mapping(values, where)
-    hints = typing.get_type_hints(cls)
-    allowed = [f.name for f in dataclasses.fields(cls)]
-    checked = {}
-    for key, value in values.items():
-        if key not in allowed:
-            raise ConfigError(unknown_key_message(f"key in '{where}'", f"{where}.{key}", allowed))
-        if dataclasses.is_dataclass(hints[key]):
-            checked[key] = _build(hints[key], value, f"{where}.{key}")
-        else:
-            checked[key] = coerce(value, hints[key], f"{where}.{key}")
-    try:
-        return cls(**checked)
-    except ConfigError:
-        raise
-    except ValueError as err:
-        raise ConfigError(f"{where}: {err}") from None
 
 
 # ---------------------------------------------------------------------------------------------------- model
