@@ -5,7 +5,7 @@ The base is a LlamaForCausalLM with SmolLM2-135M's shape (30 layers, hidden 576,
 64, FFN 1536, vocabulary 49,152, tied embeddings, RoPE θ = 1e5) and random weights: timing does not depend on the
 weights, and nothing is downloaded. Every variant starts from the same seed, so from the same base weights.
     frozen      the base under torch.no_grad(), forward with labels (the LM head and the loss included): the floor
-    lora        peft LoRA on q/k/v/o, its rank chosen by ginformer.baselines.lora_config_for_budget so that its
+    lora        peft LoRA on q/k/v/o, its rank chosen by ginformer.adapter.lora.lora_config_for_budget so that its
                 trainable count is closest to Sparse-GIN's
     sparse-gin  ginformer.adapter.get_sparse_gin_model(base, SparseGINConfig()): the paper's defaults, d_gnn 155
 A step of lora and sparse-gin is forward with labels, backward, and one AdamW step on the trainable parameters.
@@ -37,7 +37,7 @@ from common import (
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from ginformer.adapter import SparseGINConfig, get_sparse_gin_model
-from ginformer.baselines import get_lora_model, lora_config_for_budget
+from ginformer.adapter.lora import get_lora_model, lora_config_for_budget
 
 VARIANTS = ("frozen", "lora", "sparse-gin")
 

@@ -9,7 +9,7 @@ import networkx as nx
 import numpy as np
 import pytest
 
-from ginformer import plots
+from ginformer.viz import plots
 
 TOKENS = ["The", "cat", "sat", "on", "the", "mat", "."]
 

@@ -502,7 +502,7 @@ def write_figures(
     Fig. 5 needs a variant with a learnable sharpening α and Fig. 8 GIN variants with two or more values of the
     MLP multiplier γ; without them those figures are not drawn.
     """
-    from ginformer import plots
+    from ginformer.viz import plots
 
     out = settings.root / FIGURES_DIR
     groups = group_by_variant(runs)

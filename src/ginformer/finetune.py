@@ -46,7 +46,7 @@ from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from ginformer.adapter import SparseGINConfig, SparseGINLayer, SparseGINModel, get_sparse_gin_model
 from ginformer.adapter.model import WEIGHTS_NAME, decoder_layers
-from ginformer.baselines import LoraTarget, get_lora_model, lora_config_for_budget, lora_target_modules
+from ginformer.adapter.lora import LoraTarget, get_lora_model, lora_config_for_budget, lora_target_modules
 from ginformer.data.instruct import (
     InstructExample,
     OnBadRow,

@@ -481,7 +481,7 @@ def write_figures(
 ) -> list[Path]:
     """The paper's Fig. 9-12 for these runs, as PNG and SVG in `out`; returns the paths. λ figures are drawn
     for Sparse-GIN variants only (Fig. 10 and 11 for those whose λ changed during training)."""
-    from ginformer import plots
+    from ginformer.viz import plots
 
     groups = group_by_variant(runs)
     paths = []

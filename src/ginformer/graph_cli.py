@@ -100,10 +100,10 @@ def resolve_model_path(model: str) -> str:
 def run(args: argparse.Namespace) -> None:
     import dataclasses
 
-    from ginformer import plots
+    from ginformer.viz import plots
     from ginformer.adapter import SparseGINModel
     from ginformer.adapter.model import decoder_layers
-    from ginformer.inspect import STAGES, adjacency_graph, attention_graphs, select_layers, write_graph
+    from ginformer.viz.attention_graphs import STAGES, adjacency_graph, attention_graphs, select_layers, write_graph
     from ginformer.pretrained import load_base_model
 
     if args.top_k < 1:

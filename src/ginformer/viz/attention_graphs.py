@@ -21,7 +21,7 @@ layer for its adjacency, so no maths is repeated here.
 from __future__ import annotations
 
 import contextlib
-import inspect as pyinspect
+import inspect
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -354,7 +354,7 @@ def _crop(matrix: Tensor, start: int, stop: int) -> Tensor:
 
 
 def _graph_layer_hook(captured, layer: int, keep, module: GraphAttention, args: tuple, kwargs: dict) -> None:
-    bound = pyinspect.signature(module.forward).bind(*args, **kwargs).arguments
+    bound = inspect.signature(module.forward).bind(*args, **kwargs).arguments
     adjacency = module.adjacency(bound["hidden_states"], bound["position_embeddings"], bound.get("attention_mask"))
     captured[layer] = keep(adjacency[0])  # (H, T, T)
 

@@ -1,4 +1,4 @@
-"""ginformer.inspect and `ginformer graph` on tiny random models: a GINformer (GIN and standard layers), a plain
+"""ginformer.viz.attention_graphs and `ginformer graph` on tiny random models: a GINformer (GIN and standard layers), a plain
 transformers Llama and a Sparse-GIN-adapted Llama, checked against naive per-head attention written out here."""
 
 import argparse
@@ -19,7 +19,7 @@ from ginformer.adapter import SparseGINConfig, SparseGINModel, get_sparse_gin_mo
 from ginformer.adapter.model import decoder_layers
 from ginformer.attention import GraphAttention
 from ginformer.data.tokenizer import build_protein_tokenizer
-from ginformer.inspect import STAGES, SparseSettings, adjacency_graph, attention_graphs
+from ginformer.viz.attention_graphs import STAGES, SparseSettings, adjacency_graph, attention_graphs
 
 TINY = dict(
     vocab_size=40,

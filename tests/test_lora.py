@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from ginformer.baselines import get_lora_model, lora_config_for_budget, lora_target_modules, lora_trainable_count
+from ginformer.adapter.lora import get_lora_model, lora_config_for_budget, lora_target_modules, lora_trainable_count
 
 SIZES = dict(
     vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
