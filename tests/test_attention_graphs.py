@@ -1,7 +1,6 @@
 """ginformer.viz.attention_graphs and `ginformer graph` on tiny random models: a GINformer (GIN and standard layers), a plain
 transformers Llama and a Sparse-GIN-adapted Llama, checked against naive per-head attention written out here."""
 
-import argparse
 import json
 import math
 
@@ -14,11 +13,13 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from reference import naive_adjacency
 
-from ginformer import GinformerConfig, GinformerForCausalLM, graph_cli
+from ginformer import GinformerConfig, GinformerForCausalLM
+from ginformer.cli import main
 from ginformer.adapter import SparseGINConfig, SparseGINModel, get_sparse_gin_model
 from ginformer.adapter.model import decoder_layers
 from ginformer.attention import GraphAttention
 from ginformer.data.tokenizer import build_protein_tokenizer
+from ginformer.viz import draw
 from ginformer.viz.attention_graphs import STAGES, SparseSettings, adjacency_graph, attention_graphs
 
 TINY = dict(
@@ -226,21 +227,13 @@ def test_export_round_trips_through_graphml_and_json(tokenizer, tmp_path):
         assert graph.nodes[5]["label"] == TEXT[5]
 
 
-def graph_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ginformer graph")
-    graph_cli.add_arguments(parser)
-    return parser
-
-
 def test_graph_command_writes_every_figure_and_graph(tokenizer, tmp_path, capsys):
     run_dir = tmp_path / "runs" / "tiny"
     ginformer().save_pretrained(run_dir / "model")
     tokenizer.save_pretrained(run_dir / "model")
     out = tmp_path / "graphs"
-    args = graph_parser().parse_args(
-        ["--model", str(run_dir), "--text", TEXT, "--layer", "1", "--head", "2", "--window", "2:14", "--out", str(out)]
-    )
-    graph_cli.run(args)
+    argv = ["--model", str(run_dir), "--text", TEXT, "--layer", "1", "--head", "2", "--window", "2:14", "--out", str(out)]
+    assert main(["graph", *argv]) == 0
 
     expected = {
         f"layer01_{name}.{ext}"
@@ -261,12 +254,15 @@ def test_graph_command_writes_every_figure_and_graph(tokenizer, tmp_path, capsys
     assert all(u <= v for u, v in sparse.edges)
 
 
-def test_graph_command_arguments():
-    assert graph_cli.parse_window("3:9") == (3, 9)
-    assert graph_cli.parse_window("-20:") == (-20, None)
-    assert graph_cli.parse_window(":5") == (0, 5)
+def test_graph_command_arguments(capsys):
+    assert draw.parse_window("3:9") == (3, 9)
+    assert draw.parse_window("-20:") == (-20, None)
+    assert draw.parse_window(":5") == (0, 5)
     with pytest.raises(SystemExit):
-        graph_parser().parse_args(["--text", "x", "--window", "3-9"])
-    assert graph_cli.slug("smollm2", "The cat sat on the mat!") == "smollm2-the-cat-sat-on-the-mat"
-    assert graph_cli.slug("runs/demo/model", "Hi", adapter="a") == "demo-adapted-hi"
-    assert len(graph_cli.slug("m", "word " * 40)) <= 48
+        main(["graph", "--text", "x", "--window", "3-9"])
+    assert "must look like START:STOP" in capsys.readouterr().err
+    assert draw.slug("smollm2", "The cat sat on the mat!") == "smollm2-the-cat-sat-on-the-mat"
+    assert draw.slug("runs/demo/model", "Hi", adapter="a") == "demo-adapted-hi"
+    assert len(draw.slug("m", "word " * 40)) <= 48
+    with pytest.raises(ValueError, match="--top-k must be >= 1"):
+        draw.draw_attention_graphs(draw.GraphRequest(text="x", top_k=0))

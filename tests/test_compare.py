@@ -1,5 +1,6 @@
-"""ginformer compare: config validation, summary maths by hand, and an end-to-end comparison of two tiny variants
-× two seeds that writes the summary and the figures, then reuses its finished runs and resumes an unfinished one."""
+"""ginformer compare from scratch (the protein task): config validation, summary maths by hand, and an end-to-end
+comparison of two tiny variants × two seeds that writes the summary and the figures, then reuses its finished
+runs and resumes an unfinished one. Fine-tuning comparisons: test_finetune.py; text: test_text.py."""
 
 import csv
 import json
@@ -12,24 +13,24 @@ import matplotlib.image
 import pytest
 import yaml
 
-import ginformer.evaluate
-import ginformer.train
+import ginformer.runs.compare
 from ginformer.cli import main
-from ginformer.compare import (
+from ginformer.data.tokenizer import build_protein_tokenizer
+from ginformer.runs.compare import (
     DEMO_CONFIG,
     compare_settings_from_dict,
     format_mean_std,
     load_compare_settings,
     mean_std,
-    run_compare,
+    run_comparison,
     run_summary,
     summary_table,
     variant_parameters,
 )
-from ginformer.data.tokenizer import build_protein_tokenizer
-from ginformer.experiment import ConfigError
-from ginformer.sizing import count_parameters
-from ginformer.train import build_model
+from ginformer.runs.config import bundled_config
+from ginformer.runs.models import MODEL_SIDES
+from ginformer.runs.settings import ConfigError
+from ginformer.tasks.protein import ProteinTask
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -64,10 +65,13 @@ def tiny_config(root: Path, **changes) -> dict:
         ({"seeds": []}, "seeds=\\[\\] is not allowed"),
         ({"seeds": [1, 1]}, "distinct"),
         ({"target_params": 0}, "target_params=0 is not allowed"),
+        ({"baseline": True}, "baseline=True is not allowed"),
+        ({"evaluate": {"generate": 3}}, "evaluate: --generate does not apply to a protein run"),
         ({"name": "a/b"}, "name='a/b' is not allowed"),
         ({"variants": {}}, "variants must be a non-empty mapping"),
-        ({"variants": {"gin": {"gin_mlp_multipler": 2}}}, "variant 'gin': unknown model setting 'gin_mlp_multipler'"),
-        ({"variants": {"gin": {"target_params": 5}}}, "unknown model setting 'target_params'"),
+        ({"variants": {"gin": {"gin_mlp_multipler": 2}}}, "variant 'gin': unknown key in 'model': "
+                                                           "'model.gin_mlp_multipler' \\(did you mean"),
+        ({"variants": {"gin": {"target_params": 5}}}, "variant 'gin': target_params is the comparison's"),
         ({"variants": {"gin": {"attention_kind": "gcn"}}}, "variant 'gin': .*attention_kind"),
         ({"training": {"seed": 5}}, "training.seed cannot be set in a compare config: set `seeds`"),
         ({"training": {"run_name": "x"}}, "training.run_name cannot be set"),
@@ -99,8 +103,8 @@ def test_variants_are_sized_to_the_same_parameter_count(tmp_path):
     sizes = variant_parameters(settings)
     tokenizer = build_protein_tokenizer()
     for variant, (parameters, hidden_size) in sizes.items():
-        model = build_model(settings.run_settings(variant, 3).model, tokenizer)  # what pretrain will train
-        assert (count_parameters(model), model.config.hidden_size) == (parameters, hidden_size)
+        built = MODEL_SIDES["scratch"].build(settings.run_settings(variant, 3).model, tokenizer)  # what trains
+        assert (built.trainable_parameters, built.model.config.hidden_size) == (parameters, hidden_size)
         assert abs(parameters - 40_000) <= 0.05 * 40_000
 
 
@@ -123,7 +127,7 @@ def synthetic_metrics(val_losses, train_losses, runtime=12.5, sharpening=(1.2, 0
     return events
 
 
-EVALUATION = {"accuracy": {"primary": 0.5, "secondary": 0.25, "both": 0.25, "non_label": 0.0, "examples": 4}}
+EVALUATION = {"scores": {"primary": 0.5, "secondary": 0.25, "both": 0.25, "non_label": 0.0}}
 
 
 def test_run_summary_by_hand():
@@ -135,8 +139,9 @@ def test_run_summary_by_hand():
     assert run.min_val_perplexity == pytest.approx(math.exp(2.0))
     assert run.min_train_loss == 1.5
     assert run.gap == pytest.approx(0.5) and run.ratio == pytest.approx(0.75)
-    assert (run.primary, run.both, run.wall_time_s, run.steps) == (0.5, 0.25, 12.5, 30)
-    assert run.sharpening == [1.2, 0.8]
+    assert (run.scores["primary"], run.scores["both"], run.wall_time_s, run.steps) == (0.5, 0.25, 12.5, 30)
+    assert (run.final_val_perplexity, run.final_train_loss, run.parameters) == (math.exp(2.2), 1.6, 1000)
+    assert run.graph == {"sharpening": [(10, [1.2, 0.8]), (20, [1.2, 0.8]), (30, [1.2, 0.8])]}
     with pytest.raises(ValueError, match="metrics need a start event, train events and eval events"):
         run_summary("gin", 7, [e for e in metrics if e["event"] != "eval"], EVALUATION)
 
@@ -146,7 +151,8 @@ def test_summary_table_means_over_seeds_and_the_baseline_row():
         run_summary("gin", 0, synthetic_metrics([(10, 2.0)], [(10, 1.0)]), EVALUATION),
         run_summary("gin", 1, synthetic_metrics([(10, 3.0)], [(10, 2.0)]), EVALUATION),
     ]
-    table = summary_table(runs, {"min_val_perplexity": 19.5, "primary": 0.4, "secondary": 0.6, "both": 0.3})
+    table = summary_table(runs, ProteinTask.columns,
+                          {"min_val_perplexity": 19.5, "primary": 0.4, "secondary": 0.6, "both": 0.3})
     gin_row, baseline_row = table.splitlines()[2:]
     ppl_mean, ppl_std = statistics.fmean([math.exp(2), math.exp(3)]), statistics.stdev([math.exp(2), math.exp(3)])
     assert f"{ppl_mean:.3f} ± {ppl_std:.3f}" in gin_row and "| 0,1 " in gin_row
@@ -162,7 +168,7 @@ def read_csv(path: Path) -> list[dict]:
 def test_compare_end_to_end_writes_summary_and_figures_then_reuses_finished_runs(tmp_path, monkeypatch, capsys):
     config_path = tmp_path / "compare.yaml"
     config_path.write_text(yaml.safe_dump(tiny_config(tmp_path / "runs")))
-    root = run_compare(load_compare_settings(config_path))
+    root = run_comparison(load_compare_settings(config_path))
     assert root == tmp_path / "runs" / "tiny_compare"
 
     for variant in ("gin_half", "gin_two"):
@@ -184,17 +190,20 @@ def test_compare_end_to_end_writes_summary_and_figures_then_reuses_finished_runs
         assert float(summary[variant]["min_val_perplexity_std"]) == pytest.approx(statistics.stdev(best))
         assert summary[variant]["seeds"] == "3 4"
     evaluation = json.loads((root / "gin_half" / "seed3" / "eval_val.json").read_text())
-    assert float(summary["baseline"]["both_mean"]) == pytest.approx(evaluation["baseline"]["pair_accuracy"])
+    assert float(summary["baseline"]["both_mean"]) == pytest.approx(evaluation["baselines"]["both"])
+    assert float(summary["baseline"]["min_val_perplexity_mean"]) == pytest.approx(evaluation["unigram_perplexity"])
     assert len(read_csv(root / "runs.csv")) == 4
     markdown = (root / "summary.md").read_text()
     assert "baseline" in markdown and "seeds [3, 4]" in markdown and "40,000 parameters" in markdown
 
     figures = sorted(p.name for p in (root / "figures").glob("*.png"))
-    assert figures == [
-        "fig4a_train_loss.png", "fig4b_val_perplexity.png", "fig5_sharpening_per_layer.png",
-        "fig6a_min_val_perplexity.png", "fig6b_min_train_loss.png", "fig7_generalisation_gap.png",
-        "fig8_val_perplexity_vs_gamma.png",
-    ]
+    assert figures == sorted([
+        "train_loss.png", "val_perplexity.png", "min_val_perplexity.png", "min_train_loss.png",
+        "generalisation_gap.png", "score_both.png", "val_perplexity_vs_gamma.png",
+        "sharpening_per_layer.png", "gin_eps_per_layer.png",  # learned per layer (Fig. 5)
+        *(f"{key}_{kind}_{variant}.png" for key in ("sharpening", "gin_eps") for kind in ("over_training", "summary")
+          for variant in ("gin_half", "gin_two")),  # moving over training (Fig. 10, 11)
+    ])
     for name in figures:
         image = matplotlib.image.imread(root / "figures" / name)
         assert image.ndim == 3 and min(image.shape[:2]) > 100
@@ -204,8 +213,8 @@ def test_compare_end_to_end_writes_summary_and_figures_then_reuses_finished_runs
     def refuse(*args, **kwargs):
         raise AssertionError("a finished run was trained or evaluated again")
 
-    monkeypatch.setattr(ginformer.train, "pretrain", refuse)
-    monkeypatch.setattr(ginformer.evaluate, "evaluate_run", refuse)
+    monkeypatch.setattr(ginformer.runs.compare, "train", refuse)
+    monkeypatch.setattr(ginformer.runs.compare, "evaluate_run", refuse)
     assert main(["compare", "--config", str(config_path)]) == 0
     assert "| gin_half" in capsys.readouterr().out
 
@@ -219,20 +228,20 @@ def test_compare_end_to_end_writes_summary_and_figures_then_reuses_finished_runs
     shutil.rmtree(unfinished / "model")
     (unfinished / "eval_val.json").unlink()
     calls = []
-    real_pretrain = ginformer.train.pretrain
+    real_train = ginformer.runs.compare.train
 
     def spy(settings, resume=False, overwrite=False):
         calls.append((settings.run_dir, resume, overwrite))
-        return real_pretrain(settings, resume=resume, overwrite=overwrite)
+        return real_train(settings, resume=resume, overwrite=overwrite)
 
-    monkeypatch.setattr(ginformer.train, "pretrain", spy)
-    run_compare(load_compare_settings(config_path))
+    monkeypatch.setattr(ginformer.runs.compare, "train", spy)
+    run_comparison(load_compare_settings(config_path))
     assert calls == [(unfinished, True, False)]
     assert (unfinished / "model" / "config.json").is_file() and (unfinished / "eval_val.json").is_file()
 
 
 def test_shipped_compare_configs_load_and_size(tmp_path):
-    demo = load_compare_settings(DEMO_CONFIG)
+    demo = load_compare_settings(bundled_config(DEMO_CONFIG))
     assert demo.variants.keys() >= {"reference", "gin"}
     sizes = variant_parameters(demo)
     for parameters, _ in sizes.values():

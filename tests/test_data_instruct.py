@@ -10,14 +10,13 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from ginformer.data.batches import IGNORE_INDEX, CausalLMCollator
 from ginformer.data.instruct import (
-    IGNORE_INDEX,
+    BUNDLED,
     PAPER_END,
     InstructExample,
-    PaddingCollator,
-    bundled_path,
+    encode_generation_prompt,
     encode_prompt,
-    eval_prompts,
     extract_label,
     folio_user_text,
     format_example,
@@ -29,9 +28,10 @@ from ginformer.data.instruct import (
     normalize_number,
     split_examples,
     tokenize_example,
-    tokenize_examples,
 )
+from ginformer.data.rows import bundled_path
 from ginformer.pretrained import load_base_tokenizer
+from ginformer.tasks.instruct import GSM8KTask, InstructSettings
 
 
 @pytest.fixture(scope="module")
@@ -83,13 +83,13 @@ def _write_jsonl(path, lines):
     ],
 )
 def test_bundled_files_are_the_documented_upstream_files(name, sha256):
-    path = bundled_path(name)
+    path = bundled_path(BUNDLED[name])
     assert hashlib.sha256(path.read_bytes()).hexdigest() == sha256
     assert (path.parent / "SOURCE.md").is_file() and (path.parent / "LICENSE").is_file()
 
 
 def test_gsm8k_loader_keeps_every_bundled_row_with_its_final_answer(gsm8k):
-    raw = _raw_rows(bundled_path("gsm8k"))
+    raw = _raw_rows(bundled_path(BUNDLED["gsm8k"]))
     assert len(gsm8k) == len(raw) == 7473
     for example, row in zip(gsm8k, raw):
         assert example.user == row["question"].strip() and example.answer == row["answer"].strip()
@@ -99,7 +99,7 @@ def test_gsm8k_loader_keeps_every_bundled_row_with_its_final_answer(gsm8k):
 
 
 def test_folio_loader_maps_unknown_to_uncertain_and_builds_the_user_turn(folio):
-    raw = _raw_rows(bundled_path("folio"))
+    raw = _raw_rows(bundled_path(BUNDLED["folio"]))
     assert len(folio) == len(raw)
     raw_labels = Counter(r["label"] for r in raw)
     assert Counter(e.reference for e in folio) == {
@@ -115,7 +115,7 @@ def test_folio_loader_maps_unknown_to_uncertain_and_builds_the_user_turn(folio):
 
 
 def test_folio_groups_merge_stories_that_share_a_premise(folio):
-    raw = _raw_rows(bundled_path("folio"))
+    raw = _raw_rows(bundled_path(BUNDLED["folio"]))
     group_of_story = {}
     for example, row in zip(folio, raw):
         group_of_story.setdefault(row["story_id"], set()).add(example.group)
@@ -217,7 +217,7 @@ def test_missing_files_and_hub_ids(tmp_path, monkeypatch):
     (example,) = load_folio("yale-nlp/FOLIO", hub_config=None, hub_split="validation")
     assert calls == [("yale-nlp/FOLIO", None, "validation")]
     assert example.user.split("\n") == ["A is B.", "B is C.", "Conclusion: A is C.", "True, False, or Uncertain?"]
-    with pytest.raises(RuntimeError, match="'someone/offline'.*ConnectionError"):
+    with pytest.raises(ValueError, match="'someone/offline'.*ConnectionError"):
         load_gsm8k("someone/offline")
 
 
@@ -303,45 +303,41 @@ def test_bos_is_added_only_where_the_tokenizer_adds_it(gsm8k, bos_tokenizer, smo
     assert smol["input_ids"][0] != smol_tokenizer.bos_token_id  # SmolLM2 adds none by itself
 
 
-def test_eval_prompts_are_the_training_prefix(folio, smol_tokenizer):
+def test_generation_prompts_are_the_training_prefix(folio, smol_tokenizer):
     for template in ("paper", "chat"):
-        (item,) = eval_prompts([folio[3]], smol_tokenizer, template)
+        ids = encode_generation_prompt(folio[3], smol_tokenizer, template)
         feature = tokenize_example(folio[3], smol_tokenizer, template)
-        n = len(item.input_ids)
-        assert feature["input_ids"][:n] == item.input_ids
+        n = len(ids)
+        assert feature["input_ids"][:n] == ids
         assert all(label == IGNORE_INDEX for label in feature["labels"][:n]) and feature["labels"][n] != IGNORE_INDEX
-        assert item.reference == folio[3].reference
-        assert item.prompt == format_example(folio[3], template, smol_tokenizer)[0]
-    assert encode_prompt(item.prompt, smol_tokenizer, "chat") == item.input_ids
+        prompt = format_example(folio[3], template, smol_tokenizer)[0]
+        assert encode_prompt(prompt, smol_tokenizer, template) == ids
 
 
-def test_too_long_rows_are_dropped_with_a_count_or_raise(gsm8k, bos_tokenizer):
+def test_too_long_rows_are_dropped_never_cut_with_a_count(gsm8k, bos_tokenizer):
     examples = gsm8k[:20]
     lengths = [len(tokenize_example(e, bos_tokenizer)["input_ids"]) for e in examples]
     limit = sorted(lengths)[10]
+    task = GSM8KTask(InstructSettings(max_length=limit))
     with pytest.warns(UserWarning, match=rf"dropped {sum(n > limit for n in lengths)} of 20 .*max_length={limit}"):
-        features = tokenize_examples(examples, bos_tokenizer, max_length=limit)
+        kept, features = task.fit(examples, bos_tokenizer, limit=None)
     assert [len(f["input_ids"]) for f in features] == [n for n in lengths if n <= limit]
-    first_long = next(e.line for e, n in zip(examples, lengths) if n > limit)
-    with pytest.raises(ValueError, match=rf"line {first_long}: \d+ tokens"):
-        tokenize_examples(examples, bos_tokenizer, max_length=limit, on_too_long="error")
-    assert len(tokenize_examples(examples, bos_tokenizer, max_length=None)) == 20
-    with pytest.raises(ValueError, match="max_length"):
-        tokenize_examples(examples, bos_tokenizer, max_length=0)
-    with pytest.raises(ValueError, match="on_too_long"):
-        tokenize_examples(examples, bos_tokenizer, on_too_long="truncate")
+    assert kept == [e for e, n in zip(examples, lengths) if n <= limit]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert len(task.fit(examples, bos_tokenizer, limit=3)[1]) == 3  # the first 3 that fit
 
 
 # ------------------------------------------------------------------------------------------------ collator
 
 
 def test_collator_pads_right_and_keeps_every_label(folio, smol_tokenizer):
-    features = tokenize_examples(folio[:3], smol_tokenizer, template="chat")
+    features = [tokenize_example(e, smol_tokenizer, "chat") for e in folio[:3]]
     pad = smol_tokenizer.pad_token_id
     assert pad == smol_tokenizer.convert_tokens_to_ids("<|im_end|>")  # pad id is also a label id here
-    batch = PaddingCollator(pad, pad_to_multiple_of=8)(features)
+    batch = CausalLMCollator(pad)(features)
     longest = max(len(f["input_ids"]) for f in features)
-    assert batch["input_ids"].shape == (3, -(-longest // 8) * 8) and batch["input_ids"].dtype == torch.long
+    assert batch["input_ids"].shape == (3, longest) and batch["input_ids"].dtype == torch.long
     for row, feature in enumerate(features):
         n = len(feature["input_ids"])
         assert batch["input_ids"][row, :n].tolist() == feature["input_ids"]
@@ -353,11 +349,11 @@ def test_collator_pads_right_and_keeps_every_label(folio, smol_tokenizer):
 
 def test_collator_rejects_bad_input():
     with pytest.raises(ValueError, match="pad_token_id"):
-        PaddingCollator(None)
-    with pytest.raises(ValueError, match="differ in length"):
-        PaddingCollator(0)([{"input_ids": [1, 2], "attention_mask": [1, 1], "labels": [1]}])
+        CausalLMCollator(None)
+    with pytest.raises(ValueError, match="example 0: 2 input_ids but 1 labels"):
+        CausalLMCollator(0)([{"input_ids": [1, 2], "labels": [1]}])
     with pytest.raises(ValueError, match="empty batch"):
-        PaddingCollator(0)([])
+        CausalLMCollator(0)([])
 
 
 def test_padded_batch_loss_equals_the_loss_of_the_unpadded_rows(gsm8k, bos_tokenizer):
@@ -367,8 +363,8 @@ def test_padded_batch_loss_equals_the_loss_of_the_unpadded_rows(gsm8k, bos_token
         num_attention_heads=4, num_key_value_heads=2,
     )
     model = LlamaForCausalLM(config).eval()
-    features = tokenize_examples(gsm8k[:3], bos_tokenizer, max_length=None)
-    batch = PaddingCollator(bos_tokenizer.eos_token_id)(features)
+    features = [tokenize_example(e, bos_tokenizer) for e in gsm8k[:3]]
+    batch = CausalLMCollator(bos_tokenizer.eos_token_id)(features)
     with torch.no_grad():
         batched = model(**batch).loss
         total, count = 0.0, 0

@@ -252,9 +252,18 @@ def test_source_errors(tmp_path):
     (tmp_path / "x.txt").write_text("Sequence\nAC\n")
     with pytest.raises(ValueError, match="unsupported protein source"):
         load_protein_records(tmp_path / "x.txt")
-    (tmp_path / "broken.jsonl").write_text('{"Sequence": "AC"}\n{oops\n')
-    with pytest.raises(ValueError, match="line 2 is not valid JSON"):
-        load_protein_records(tmp_path / "broken.jsonl")
+    # A line that is no JSON object is a bad row like any other: reported by row and line, skipped or fatal.
+    (tmp_path / "broken.jsonl").write_text('{"Sequence": "AC", "Secondary_structure": "HE"}\n{oops\n[1]\n')
+    with pytest.raises(ValueError, match=r"2 bad row\(s\).*row 1: line 2: not valid JSON.*row 2: line 3: a JSON list"):
+        load_protein_records(tmp_path / "broken.jsonl", on_bad_row="error")
+    with pytest.warns(UserWarning, match="skipped .*broken.jsonl: 2 bad row"):
+        assert [r.sequence for r in load_protein_records(tmp_path / "broken.jsonl")] == ["AC"]
+    (tmp_path / "latin1.jsonl").write_bytes('{"Sequence": "AC", "Secondary_structure": "H\u00e9"}\n'.encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin1.jsonl: line 1, column \d+: not UTF-8"):
+        load_protein_records(tmp_path / "latin1.jsonl")
+    (tmp_path / "latin1.csv").write_bytes("Sequence,Secondary_structure\nAC,H\u00e9\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin1.csv: not UTF-8"):
+        load_protein_records(tmp_path / "latin1.csv")
     with pytest.raises(ValueError, match="on_bad_row"):
         load_protein_records(bundled_protein_path(), on_bad_row="ignore")
 
@@ -266,7 +275,7 @@ def test_hub_id_goes_to_datasets_and_fails_clearly(monkeypatch):
         raise ConnectionError("no network")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
-    with pytest.raises(RuntimeError, match=r"could not load hub dataset 'someone/proteins'.*ConnectionError"):
+    with pytest.raises(ValueError, match=r"could not load hub dataset 'someone/proteins'.*ConnectionError"):
         load_protein_records("someone/proteins")
 
     def fake(dataset_id, config, split):

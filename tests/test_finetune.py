@@ -4,7 +4,6 @@ the fine-tuning comparison. Tiny random Llama bases and a tiny tokenizer trained
 import json
 import math
 import os
-import random
 import subprocess
 import sys
 from pathlib import Path
@@ -13,36 +12,22 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from ginformer.adapter import SparseGINConfig, get_sparse_gin_model
 from ginformer.cli import main
-from ginformer.data.instruct import PAPER_END, InstructExample, eval_prompts, load_gsm8k
-from ginformer.experiment import ConfigError
-from ginformer.finetune import (
-    build_finetune_model,
-    finetune,
-    is_finetune_run,
-    load_finetune_settings,
-    sparse_gin_parameter_count,
-)
-from ginformer.finetune_compare import (
-    finetune_compare_settings_from_dict,
-    finetune_run_summary,
-    is_finetune_compare_config,
-    mean_lambda_history,
-    run_finetune_compare,
-)
-from ginformer.finetune_eval import (
-    evaluate_finetune_run,
-    generate_completions,
-    score_folio,
-    score_generations,
-    score_gsm8k,
-)
+from ginformer.data.instruct import PAPER_END, InstructExample, encode_generation_prompt, load_gsm8k
+from ginformer.runs.compare import _mean_history, compare_settings_from_dict, run_comparison, run_summary
+from ginformer.runs.config import load_run_settings
+from ginformer.runs.evaluate import evaluate_run
+from ginformer.runs.generate import generate_batched
+from ginformer.runs.models import MODEL_SIDES, sparse_gin_parameter_count
+from ginformer.runs.settings import ConfigError
+from ginformer.runs.train import train
+from ginformer.tasks import Generation, HeldOut, Losses
+from ginformer.tasks.instruct import FolioTask, GSM8KTask, InstructSettings, score_folio, score_gsm8k
 
-LAYERS = 2
+from conftest import LAYERS  # noqa: E402  (the tiny base's, built in conftest.py)
 D_GNN = 9  # on the tiny base, 2 × 67 × (9 + 1) = 1,340 Sparse-GIN parameters; LoRA r=3 on q/k/v/o has 1,344
 
 
@@ -55,51 +40,8 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
-def task_files(tmp_path_factory):
-    """Short GSM8K- and FOLIO-format files, so tiny runs are fast and any file in the format is exercised."""
-    root = tmp_path_factory.mktemp("data")
-    rng = random.Random(0)
-    gsm8k = []
-    for i in range(60):
-        a, b = rng.randint(1, 50), rng.randint(1, 50)
-        gsm8k.append({"question": f"Tom has {a} apples and gets {b} more. How many now? ({i})",
-                      "answer": f"{a} + {b} = {a + b}\n#### {a + b}"})
-    folio = []
-    for i in range(40):
-        label = ["True", "False", "Uncertain", "True"][i % 4]
-        folio.append({"story_id": i, "premises": [f"Every cat {i} is small.", f"Rex {i} is a cat."],
-                      "conclusion": f"Rex {i} is small.", "label": label})
-    for name, rows in (("gsm8k.jsonl", gsm8k), ("folio.jsonl", folio)):
-        (root / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return root
-
-
-@pytest.fixture(scope="module")
-def base_dir(tmp_path_factory, task_files):
-    """A tiny random Llama and a byte-level BPE tokenizer, saved as a local base model directory."""
-    texts = [line for name in ("gsm8k.jsonl", "folio.jsonl") for line in (task_files / name).read_text().splitlines()]
-    tk = Tokenizer(models.BPE())
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<s>", "</s>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tk.train_from_iterator([*texts, f"### User: ### Assistant: {PAPER_END}"] * 2, trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>")
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=LAYERS,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
-        bos_token_id=0, eos_token_id=1,
-    ))
-    path = tmp_path_factory.mktemp("base")
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
 def tiny(tmp_path, base_dir, task_files, *overrides, task="gsm8k"):
-    return load_finetune_settings(None, [
+    return load_run_settings(None, side="pretrained", overrides=[
         f"model.base={base_dir}",
         f"model.sparse_gin.d_gnn={D_GNN}",
         f"data.task={task}",
@@ -126,66 +68,23 @@ def read_metrics(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-# ---------------------------------------------------------------------------------------------------- configs
-
-
-def test_config_files_load_and_defaults_are_the_papers():
-    settings = load_finetune_settings("configs/gsm8k_cpu_sparse_gin.yaml")
-    assert settings.model.method == "sparse-gin" and settings.model.sparse_gin.d_gnn == 155
-    assert load_finetune_settings("configs/gsm8k_cpu_lora.yaml").model.method == "lora"
-    defaults = load_finetune_settings(None)
-    assert (defaults.training.learning_rate, defaults.training.max_grad_norm) == (2e-4, 0.5)  # paper, Table 2
-    assert defaults.model.sparse_gin == SparseGINConfig()
-
-
-@pytest.mark.parametrize(
-    ("override", "message"),
-    [
-        ("model.sparse_gin.d_gnnn=4", "model.sparse_gin.d_gnnn"),
-        ("model.method=sparse_gin", "model.method"),
-        ("model.sparse_gin.d_gnn=0", "d_gnn"),
-        ("model.sparse_gin.alpha=sharp", "model.sparse_gin.alpha"),
-        ("model.lora.target=mlp", "model.lora.target"),
-        ("model.lora.rank=0", "model.lora.rank"),
-        ("data.task=squad", "data.task"),
-        ("data.max_length=1", "data.max_length"),
-        ("training.learning_rate=-1", "training.learning_rate"),
-        ("optimizer.lr=1", "optimizer"),
-        ("model.sparse_gin=3", "model.sparse_gin"),
-    ],
-)
-def test_bad_settings_stop_before_anything_loads_naming_the_key(override, message):
-    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
-        load_finetune_settings(None, [override])
-
-
-def test_nested_overrides_change_one_value_and_keep_the_rest():
-    settings = load_finetune_settings("configs/gsm8k_cpu_sparse_gin.yaml", ["model.sparse_gin.self_loops_only=true"])
-    assert settings.model.sparse_gin.self_loops_only and settings.model.sparse_gin.d_gnn == 155
-
-
-def test_cli_reports_a_bad_config_in_one_line(tmp_path, capsys):
-    config = tmp_path / "bad.yaml"
-    config.write_text(yaml.safe_dump({"model": {"method": "prefix"}}))
-    assert main(["finetune", "--config", str(config)]) == 2
-    assert "model.method" in capsys.readouterr().err
-
-
 # ---------------------------------------------------------------------------------------------------- training
 
 
 def test_sparse_gin_run_writes_the_layout_adapter_only_and_logs_lambda(tmp_path, base_dir, task_files):
-    run_dir = finetune(tiny(tmp_path, base_dir, task_files))
-    assert is_finetune_run(run_dir)
-    assert {p.name for p in run_dir.iterdir()} >= {"config.yaml", "metrics.jsonl", "adapter", "tokenizer",
-                                                   "checkpoint-2", "checkpoint-4"}
-    assert {p.name for p in (run_dir / "adapter").iterdir()} == {"adapter_config.json", "adapter_model.safetensors"}
+    run_dir = train(tiny(tmp_path, base_dir, task_files))
+    assert {p.name for p in run_dir.iterdir()} >= {"config.yaml", "metrics.jsonl", "adapter", "checkpoint-2",
+                                                   "checkpoint-4"}
+    adapter_files = {p.name for p in (run_dir / "adapter").iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json"} <= adapter_files
+    assert not {p for p in adapter_files if p.endswith(".safetensors")} - {"adapter_model.safetensors"}
     metrics = read_metrics(run_dir)
     start = metrics[0]
     saved = load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
     assert all(key.startswith("adapters.") for key in saved)
     trained = [t for key, t in saved.items() if not key.endswith((".alpha", ".tau"))]  # fixed α, τ: saved buffers
-    assert start["trainable_parameters"] == sum(t.numel() for t in trained) == 2 * 67 * (D_GNN + 1)
+    assert start["parameters"] == sum(t.numel() for t in trained) == 2 * 67 * (D_GNN + 1)
+    assert (start["model"], start["method"], start["base"]) == ("pretrained", "sparse-gin", str(base_dir))
     for checkpoint in ("checkpoint-2", "checkpoint-4"):  # no copy of the frozen base in any checkpoint
         files = {p.name for p in (run_dir / checkpoint).iterdir()}
         assert "adapter_model.safetensors" in files and "model.safetensors" not in files
@@ -201,20 +100,21 @@ def test_sparse_gin_run_writes_the_layout_adapter_only_and_logs_lambda(tmp_path,
     final = load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
     assert [final[f"adapters.{k}.scale"].item() for k in range(LAYERS)] == pytest.approx(trains[-1]["graph"]["lambda"])
 
-    result = evaluate_finetune_run(run_dir, generate=0)  # the loss of the reloaded adapter is the one logged
+    result = evaluate_run(run_dir, generate=0)  # the loss of the reloaded adapter is the one logged
     assert result.loss == pytest.approx(evals[-1]["val_loss"], rel=1e-5)
-    assert result.scores is None and result.trainable_parameters == start["trainable_parameters"]
+    assert result.scores == {} and result.parameters == start["parameters"]
+    assert result.model == f"sparse-gin on {base_dir}"
 
     with pytest.raises(FileExistsError, match="--resume"):
-        finetune(tiny(tmp_path, base_dir, task_files))
+        train(tiny(tmp_path, base_dir, task_files))
 
 
 def test_resume_equals_the_uninterrupted_run(tmp_path, base_dir, task_files):
-    whole = finetune(tiny(tmp_path, base_dir, task_files, "training.run_name=whole"))
-    finetune(tiny(tmp_path, base_dir, task_files, "training.run_name=cut", "training.max_steps=2"))
+    whole = train(tiny(tmp_path, base_dir, task_files, "training.run_name=whole"))
+    train(tiny(tmp_path, base_dir, task_files, "training.run_name=cut", "training.max_steps=2"))
     with pytest.raises(ConfigError, match="model"):  # a resumed run keeps what it trains
-        finetune(tiny(tmp_path, base_dir, task_files, "training.run_name=cut", "model.sparse_gin.d_gnn=4"), resume=True)
-    resumed = finetune(tiny(tmp_path, base_dir, task_files, "training.run_name=cut"), resume=True)
+        train(tiny(tmp_path, base_dir, task_files, "training.run_name=cut", "model.sparse_gin.d_gnn=4"), resume=True)
+    resumed = train(tiny(tmp_path, base_dir, task_files, "training.run_name=cut"), resume=True)
 
     a = load_file(str(whole / "adapter" / "adapter_model.safetensors"))
     b = load_file(str(resumed / "adapter" / "adapter_model.safetensors"))
@@ -229,20 +129,22 @@ def test_resume_equals_the_uninterrupted_run(tmp_path, base_dir, task_files):
 
 def test_lora_rank_is_matched_to_the_sparse_gin_budget(tmp_path, base_dir, task_files):
     settings = tiny(tmp_path, base_dir, task_files, "model.method=lora", "training.max_steps=2", "training.bf16=true")
-    built = build_finetune_model(settings.model)
+    side = MODEL_SIDES["pretrained"]
+    built = side.build(settings.model, side.base_tokenizer(settings.model))
     base = LlamaForCausalLM.from_pretrained(base_dir)
-    assert built.budget == sparse_gin_parameter_count(base, settings.model.sparse_gin)
-    assert built.budget == get_sparse_gin_model(base, SparseGINConfig(d_gnn=D_GNN)).get_nb_trainable_parameters()[0]
-    assert built.lora_rank == 3 and abs(built.trainable_parameters - built.budget) <= 0.05 * built.budget
+    budget = built.record["budget"]
+    assert budget == sparse_gin_parameter_count(base, settings.model.sparse_gin)
+    assert budget == get_sparse_gin_model(base, SparseGINConfig(d_gnn=D_GNN)).get_nb_trainable_parameters()[0]
+    assert built.record["lora_rank"] == 3 and abs(built.trainable_parameters - budget) <= 0.05 * budget
     assert built.trainable_parameters == sum(p.numel() for p in built.model.parameters() if p.requires_grad)
 
-    run_dir = finetune(settings)
+    run_dir = train(settings)
     files = {p.name for p in (run_dir / "adapter").iterdir()}
     assert {"adapter_config.json", "adapter_model.safetensors"} <= files and "model.safetensors" not in files
     start = read_metrics(run_dir)[0]
-    assert (start["trainable_parameters"], start["lora_rank"], start["graph"]) == (1344, 3, {})
+    assert (start["parameters"], start["lora_rank"], start["graph"]) == (1344, 3, {})
     evals = [e for e in read_metrics(run_dir) if e["event"] == "eval"]
-    assert evaluate_finetune_run(run_dir, generate=0).loss == pytest.approx(evals[-1]["val_loss"], rel=1e-5)
+    assert evaluate_run(run_dir, generate=0).loss == pytest.approx(evals[-1]["val_loss"], rel=1e-5)
 
 
 def test_torchrun_two_processes_equal_one_process_with_twice_the_batch(tmp_path, base_dir, task_files):
@@ -269,7 +171,7 @@ def test_torchrun_two_processes_equal_one_process_with_twice_the_batch(tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     two = read_metrics(tmp_path / "two")
-    one = read_metrics(finetune(settings))
+    one = read_metrics(train(settings))
     assert two[0]["world_size"] == 2 and one[0]["world_size"] == 1
     a, b = ([e for e in run if e["event"] == "train"] for run in (two, one))
     assert [e["step"] for e in a] == [e["step"] for e in b] == [1, 2]
@@ -278,23 +180,21 @@ def test_torchrun_two_processes_equal_one_process_with_twice_the_batch(tmp_path,
 
 
 def test_method_none_trains_nothing_and_records_the_base(tmp_path, base_dir, task_files):
-    run_dir = finetune(tiny(tmp_path, base_dir, task_files, "model.method=none"))
+    run_dir = train(tiny(tmp_path, base_dir, task_files, "model.method=none"))
     metrics = read_metrics(run_dir)
     assert [e["event"] for e in metrics] == ["start", "eval"] and metrics[1]["step"] == 0
-    assert metrics[0]["trainable_parameters"] == 0 and not (run_dir / "adapter").exists()
+    assert metrics[0]["parameters"] == 0 and not (run_dir / "adapter").exists()
     with pytest.raises(ConfigError, match="nothing to resume"):
-        finetune(tiny(tmp_path, base_dir, task_files, "model.method=none"), resume=True)
+        train(tiny(tmp_path, base_dir, task_files, "model.method=none"), resume=True)
 
 
-def test_cli_evaluate_and_compare_dispatch_on_the_run_type(tmp_path, base_dir, task_files, capsys):
-    run_dir = finetune(tiny(tmp_path, base_dir, task_files, "model.method=none"))
+def test_cli_evaluate_of_a_fine_tuning_run(tmp_path, base_dir, task_files, capsys):
+    run_dir = train(tiny(tmp_path, base_dir, task_files, "model.method=none"))
     assert main(["evaluate", "--run", str(run_dir), "--generate", "1", "--max-new-tokens", "2"]) == 0
     printed = capsys.readouterr().out
-    assert "perplexity" in printed and "GSM8K exact match on 1 rows" in printed
-    assert json.loads((run_dir / "eval_val.json").read_text())["method"] == "none"
-    assert is_finetune_compare_config("configs/gsm8k_compare.yaml")
-    assert is_finetune_compare_config("configs/folio_compare.yaml")
-    assert not is_finetune_compare_config("configs/protein_compare.yaml")
+    assert "perplexity" in printed and "GSM8K strict" in printed and "scored_rows: 1" in printed
+    saved = json.loads((run_dir / "eval_val.json").read_text())
+    assert saved["model"] == f"none on {base_dir}" and saved["notes"]["scored_rows"] == 1
 
 
 # ---------------------------------------------------------------------------------------------------- evaluation
@@ -322,6 +222,11 @@ class ScriptedModel(torch.nn.Module):
         return torch.cat([input_ids, torch.tensor(rows, dtype=torch.long)], dim=1)
 
 
+def scores_of(task, model, tokenizer, rows, train_rows, max_new_tokens, batch_size):
+    held_out = HeldOut("val", [], rows, train_rows, None, 0)
+    return task.score(model, tokenizer, held_out, Generation(None, max_new_tokens, batch_size), Losses(1.0, 1.0))
+
+
 def gsm8k_rows(n):
     return [InstructExample(f"What is {i} + {i}? ({'x' * i})", f"#### {2 * i}", str(2 * i), str(i), i)
             for i in range(n)]
@@ -338,16 +243,18 @@ def test_gsm8k_strict_and_flexible_exact_match_from_generation(base_dir):
         "#### 5 is wrong, 6",  # strict wrong, flexible right
         "#### 1,008.00",  # both wrong (1008)
     ]
-    prompts = eval_prompts(rows, tokenizer)
-    model = ScriptedModel(tokenizer, {tokenizer.decode(p.input_ids): a for p, a in zip(prompts, answers)})
-    scores, completions = score_generations(model, tokenizer, rows, rows, "gsm8k", "paper", max_new_tokens=64,
-                                            batch_size=2)
-    assert completions[2] == "#### 4"
-    assert (scores.strict, scores.flexible, scores.no_strict_answer, scores.examples) == (2 / 5, 4 / 5, 1 / 5, 5)
+    prompts = [encode_generation_prompt(row, tokenizer) for row in rows]
+    model = ScriptedModel(tokenizer, {tokenizer.decode(p): a for p, a in zip(prompts, answers)})
+    task = GSM8KTask(InstructSettings(task="gsm8k"))
+    train_rows = gsm8k_rows(3) + gsm8k_rows(2)  # the most common training answer: 0 (and 2), ties by text: "0"
+    scores = scores_of(task, model, tokenizer, rows, train_rows, max_new_tokens=64, batch_size=2)
+    assert scores.generations[2]["generation"] == "#### 4" and scores.generations[2]["reference"] == "4"
+    assert scores.values == {"strict": 2 / 5, "flexible": 4 / 5, "no_strict_answer": 1 / 5}
+    assert scores.baselines == {"strict": 1 / 5, "flexible": 1 / 5} and scores.notes["majority_answer"] == "0"
     assert all(call["stop_strings"] == [PAPER_END] for call in model.calls)
     # the cap on new tokens is applied: a cut answer loses its number
-    capped = generate_completions(model, tokenizer, prompts[:1], max_new_tokens=2, batch_size=1)
-    assert capped[0] == tokenizer.decode(tokenizer(answers[0], add_special_tokens=False)["input_ids"][:2])
+    capped = generate_batched(model, tokenizer, prompts[:1], max_new_tokens=2, batch_size=1)
+    assert capped[0] == tokenizer(answers[0], add_special_tokens=False)["input_ids"][:2]
 
 
 def test_folio_accuracy_and_majority_baseline_from_generation(base_dir):
@@ -358,39 +265,39 @@ def test_folio_accuracy_and_majority_baseline_from_generation(base_dir):
             for i, label in enumerate(labels)]
     train = [InstructExample("t", label, label, f"t{i}", i) for i, label in enumerate(["False", "False", "True"])]
     answers = ["True", "It is false.", "unknown", "no idea"]  # right, right, right (Unknown = Uncertain), none
-    model = ScriptedModel(tokenizer, {tokenizer.decode(p.input_ids): a
-                                      for p, a in zip(eval_prompts(rows, tokenizer), answers)})
-    scores, _ = score_generations(model, tokenizer, rows, train, "folio", "paper", max_new_tokens=8, batch_size=3)
-    assert (scores.accuracy, scores.no_label) == (3 / 4, 1 / 4)
-    assert (scores.majority_label, scores.majority_accuracy) == ("False", 1 / 4)
+    model = ScriptedModel(tokenizer, {tokenizer.decode(encode_generation_prompt(row, tokenizer)): a
+                                      for row, a in zip(rows, answers)})
+    scores = scores_of(FolioTask(InstructSettings(task="folio")), model, tokenizer, rows, train, 8, 3)
+    assert scores.values == {"accuracy": 3 / 4, "no_label": 1 / 4}
+    assert (scores.notes["majority_label"], scores.baselines["accuracy"]) == ("False", 1 / 4)
 
 
 def test_scoring_is_plain_maths():
-    assert score_gsm8k(["#### 3", "3", "x"], ["3", "3", "3"]).strict == pytest.approx(1 / 3)
-    assert score_folio(["True", "False"], ["True", "True"], "True").majority_accuracy == 1.0
+    assert score_gsm8k(["#### 3", "3", "x"], ["3", "3", "3"], ["3"]).values["strict"] == pytest.approx(1 / 3)
+    assert score_gsm8k(["#### 3"], ["3"], ["4", "3", "4"]).baselines["strict"] == 0.0  # always answering 4
+    assert score_folio(["True", "False"], ["True", "True"], "True").baselines["accuracy"] == 1.0
     with pytest.raises(ValueError, match="2 completions for 1 references"):
-        score_gsm8k(["1", "2"], ["1"])
+        score_gsm8k(["1", "2"], ["1"], ["1"])
 
 
 def test_evaluate_any_file_in_the_format_counts_rows_seen_in_training(tmp_path, base_dir, task_files):
-    run_dir = finetune(tiny(tmp_path, base_dir, task_files, "model.method=none"))
+    run_dir = train(tiny(tmp_path, base_dir, task_files, "model.method=none"))
     rows = load_gsm8k(task_files / "gsm8k.jsonl")
     with pytest.warns(UserWarning, match="not held-out"):
-        result = evaluate_finetune_run(run_dir, data=task_files / "gsm8k.jsonl", limit=10, generate=2,
-                                       max_new_tokens=3)
-    assert result.examples == 10 and 0 < result.trained_on <= 10 and result.scores.examples == 2
+        result = evaluate_run(run_dir, data=task_files / "gsm8k.jsonl", limit=10, generate=2, max_new_tokens=3)
+    assert result.examples == 10 and 0 < result.trained_on <= 10 and result.notes["scored_rows"] == 2
     assert len(rows) == 60 and (run_dir / "eval_gsm8k.json").is_file()
     generations = (run_dir / "eval_gsm8k_generations.jsonl").read_text().splitlines()
     assert len(generations) == 2
     with pytest.raises(FileNotFoundError, match="not found"):
-        evaluate_finetune_run(run_dir, data=tmp_path / "missing.jsonl")
+        evaluate_run(run_dir, data=tmp_path / "missing.jsonl")
 
 
 # ---------------------------------------------------------------------------------------------------- compare
 
 
 def _events(method, lambdas, val_ppl, train_loss):
-    events = [{"event": "start", "step": 0, "method": method, "trainable_parameters": 10,
+    events = [{"event": "start", "step": 0, "method": method, "parameters": 10,
                "graph": {"lambda": [0.0] * len(lambdas[0])} if lambdas else {}}]
     for step, (lam, ppl, loss) in enumerate(zip(lambdas or [None] * len(val_ppl), val_ppl, train_loss), start=1):
         graph = {"lambda": lam} if lam else {}
@@ -403,32 +310,40 @@ def _events(method, lambdas, val_ppl, train_loss):
 
 def test_run_summary_and_lambda_history():
     metrics = _events("sparse-gin", [[0.05, 0.0], [0.1, 0.2], [0.3, 0.1]], [9.0, 5.0, 6.0], [2.0, 1.5, 1.0])
-    run = finetune_run_summary("sg", 0, metrics, {"scores": {"strict": 0.5, "flexible": 0.75}})
-    assert (run.final_val_perplexity, run.min_val_perplexity, run.final_train_loss) == (6.0, 5.0, 1.0)
-    assert (run.step_time_s, run.wall_time_s, run.strict, run.accuracy) == (pytest.approx(1.0), 3.0, 0.5, None)
-    assert run.final_lambda == [0.3, 0.1] and [s for s, _ in run.lambda_history] == [0, 1, 2, 3]
-    assert run.lambda_history[1] == (1, [0.05, 0.0])
-    other = finetune_run_summary("sg", 1, _events("sparse-gin", [[0.0, 0.1], [0.3, 0.0], [0.1, 0.3]],
-                                                  [8.0, 4.0, 5.0], [2.0, 1.5, 1.0]), {})
-    assert mean_lambda_history([run, other])[1] == (1, pytest.approx([0.025, 0.05]))
-    assert mean_lambda_history([run, other])[-1] == (3, pytest.approx([0.2, 0.2]))
+    run = run_summary("sg", 0, metrics, {"scores": {"strict": 0.5, "flexible": 0.75}})
+    assert (run.final_val_perplexity, run.final_train_loss) == (6.0, 1.0) and run.min_val_perplexity == pytest.approx(5.0)
+    assert (run.step_time_s, run.wall_time_s, run.scores["strict"]) == (pytest.approx(1.0), 3.0, 0.5)
+    history = run.graph["lambda"]
+    assert history[-1] == (3, [0.3, 0.1]) and [s for s, _ in history] == [0, 1, 2, 3]
+    assert history[1] == (1, [0.05, 0.0])
+    other = run_summary("sg", 1, _events("sparse-gin", [[0.0, 0.1], [0.3, 0.0], [0.1, 0.3]],
+                                         [8.0, 4.0, 5.0], [2.0, 1.5, 1.0]), {"scores": {}})
+    mean = _mean_history([run.graph["lambda"], other.graph["lambda"]])
+    assert mean[1] == (1, pytest.approx([0.025, 0.05])) and mean[-1] == (3, pytest.approx([0.2, 0.2]))
+    frozen = [{"event": "start", "step": 0, "parameters": 0, "graph": {}},
+              {"event": "eval", "step": 0, "val_loss": math.log(7.0), "val_perplexity": 7.0, "graph": {}}]
+    base = run_summary("base", None, frozen, {"scores": {}})
+    assert (base.min_train_loss, base.gap, base.final_val_perplexity) == (None, None, 7.0)  # the frozen base
     with pytest.raises(ValueError, match="eval events"):
-        finetune_run_summary("sg", 0, metrics[:1], {})
+        run_summary("sg", 0, metrics[:1], {"scores": {}})
 
 
 def test_compare_config_errors():
     good = {"name": "c", "seeds": [0], "variants": {"sg": {}}, "model": {"base": "x"}}
-    assert finetune_compare_settings_from_dict(good).run_settings("sg", 0).training.run_name == "seed0"
+    settings = compare_settings_from_dict(good)
+    assert settings.run_settings("sg", 0).training.run_name == "seed0" and settings.baseline
+    assert settings.side == "pretrained" and settings.baseline_settings().model.method == "none"
     for bad, message in (
         ({**good, "seeds": [0, 0]}, "seeds"),
         ({**good, "variants": {"sg": {"sparse_gin": {"d_gnnn": 3}}}}, "variant 'sg'.*d_gnnn"),
         ({**good, "variants": {"base": {}}}, "base"),
         ({**good, "evaluate": {"generat": 3}}, "generat"),
         ({**good, "training": {"seed": 3}}, "training.seed"),
+        ({**good, "target_params": 1000}, "target_params sizes models trained from scratch"),
         ({**good, "extra": 1}, "extra"),
     ):
         with pytest.raises(ConfigError, match=message):
-            finetune_compare_settings_from_dict(bad)
+            compare_settings_from_dict(bad)
 
 
 def test_compare_trains_evaluates_and_writes_summary_and_figures(tmp_path, base_dir, task_files):
@@ -442,17 +357,19 @@ def test_compare_trains_evaluates_and_writes_summary_and_figures(tmp_path, base_
         "data": {k: v for k, v in vars(base.data).items()},
         "training": {k: v for k, v in vars(base.training).items() if k not in ("run_name", "seed")},
     }
-    root = run_finetune_compare(finetune_compare_settings_from_dict(raw))
+    root = run_comparison(compare_settings_from_dict(raw))
     summary = (root / "summary.md").read_text()
     assert "| sparse_gin" in summary and "| fixed_lambda" in summary and "base (frozen)" in summary
+    assert "GSM8K strict" in summary
     figures = {p.name for p in (root / "figures").glob("*.png")}
-    assert figures == {"fig9a_train_loss.png", "fig9b_val_perplexity.png", "fig10_lambda_sparse_gin.png",
-                       "fig11_lambda_sparse_gin.png", "fig12a_val_perplexity.png", "fig12b_final_lambda.png"}
+    assert figures == {"train_loss.png", "val_perplexity.png", "min_val_perplexity.png", "min_train_loss.png",
+                       "generalisation_gap.png", "score_strict.png", "lambda_per_layer.png",
+                       "lambda_over_training_sparse_gin.png", "lambda_summary_sparse_gin.png"}
     fixed = read_metrics(root / "fixed_lambda" / "seed0")
     assert fixed[0]["graph"]["lambda"] == fixed[-2]["graph"]["lambda"] == [0.0, 0.5]  # the ramp, never trained
     rows = (root / "runs.csv").read_text().splitlines()
-    assert len(rows) == 1 + 2 + 1  # header, two runs, the baseline
-    assert run_finetune_compare(finetune_compare_settings_from_dict(raw)) == root  # finished runs are reused
+    assert len(rows) == 1 + 2 + 1  # header, two runs, the frozen base
+    assert run_comparison(compare_settings_from_dict(raw)) == root  # finished runs are reused
     raw["variants"]["sparse_gin"] = {"sparse_gin": {"alpha": 3.0}}
     with pytest.raises(FileExistsError, match=r"other settings \(model.sparse_gin\)"):
-        run_finetune_compare(finetune_compare_settings_from_dict(raw))  # never reused with other settings
+        run_comparison(compare_settings_from_dict(raw))  # never reused with other settings

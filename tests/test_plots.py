@@ -1,4 +1,4 @@
-"""ginformer.plots: every figure writes a PNG that decodes at the promised size and an SVG that carries its text;
+"""ginformer.viz.plots: every figure writes a PNG that decodes at the promised size and an SVG that carries its text;
 bad data is refused with the name of what is wrong."""
 
 import math
@@ -113,8 +113,9 @@ def test_training_summaries_are_written(tmp_path):
     )
     check_written(plots.plot_per_layer([1.2, None, 0.8, 1.5], "α", tmp_path / "alpha", reference=1.0), "α")
     history = [(step, [0.01 * step * (k + 1) for k in range(6)]) for step in range(0, 50, 10)]
-    check_written(plots.plot_lambda_heatmap(history, tmp_path / "lambda"), "λ")
-    check_written(plots.plot_lambda_summary(history, tmp_path / "lambda_summary"), "mean λ")
+    check_written(plots.plot_scalar_heatmap(history, tmp_path / "lambda"), "λ")
+    check_written(plots.plot_scalar_summary(history, tmp_path / "lambda_summary"), "mean λ")
+    check_written(plots.plot_scalar_summary(history, tmp_path / "alpha_summary", symbol="α"), "mean α")
 
 
 def test_training_summaries_refuse_bad_data(tmp_path):
@@ -123,7 +124,7 @@ def test_training_summaries_refuse_bad_data(tmp_path):
     with pytest.raises(ValueError, match="variant 'GIN': 2 train losses but 1 validation"):
         plots.plot_generalisation_gap({"GIN": [1.0, 1.1]}, {"GIN": 1.2}, tmp_path / "x")
     with pytest.raises(ValueError, match="same, non-zero number of layers"):
-        plots.plot_lambda_heatmap([(0, [0.1, 0.2]), (1, [0.1])], tmp_path / "x")
+        plots.plot_scalar_heatmap([(0, [0.1, 0.2]), (1, [0.1])], tmp_path / "x")
     with pytest.raises(ValueError, match="values\\['GIN'\\]"):
         plots.plot_bars({"GIN": []}, "perplexity", tmp_path / "x")
     with pytest.raises(ValueError, match="holds no value for any layer"):

@@ -1,4 +1,6 @@
-"""Protein tokenizer: one id per residue and per control/label token, lossless round trip, save/load."""
+"""Protein, char and byte tokenizers: the documented ids, lossless round trips, save/load."""
+
+import random
 
 import pytest
 from tokenizers import Tokenizer, models
@@ -9,6 +11,8 @@ from ginformer.data.tokenizer import (
     CONTROL_TOKENS,
     LABEL_TOKENS,
     RESIDUE_TOKENS,
+    build_byte_tokenizer,
+    build_char_tokenizer,
     build_protein_tokenizer,
     label_token_ids,
     sequence_end_id,
@@ -114,3 +118,87 @@ def test_save_and_load_round_trip(tokenizer, examples, tmp_path, monkeypatch):
         ids = loaded(text)["input_ids"]
         assert ids == tokenizer(text)["input_ids"]
         assert loaded.decode(ids) == text
+
+
+# ------------------------------------------------------------------------------------------------ char and byte
+
+# Characters a naive character tokenizer gets wrong: newline (a regex "." misses it), carriage return, tab,
+# runs of spaces, a space before punctuation (decode clean-up would eat it), an astral emoji, a combining accent.
+TRICKY_TEXT = "Hi ,  there .\nline\ttab\r\n€ 😀 e\u0301 \u00e9 ' s n't\n\n"
+
+
+def _random_text(rng: random.Random, length: int) -> str:
+    """Any code point but surrogates (which no UTF-8 text holds), weighted towards the awkward ranges."""
+    ranges = [(0, 0x80), (0x80, 0x800), (0x800, 0xD800), (0xE000, 0x10000), (0x10000, 0x110000)]
+    return "".join(chr(rng.randrange(*rng.choice(ranges))) for _ in range(length))
+
+
+def test_char_tokenizer_gives_one_id_per_character_in_sorted_order():
+    tokenizer = build_char_tokenizer(TRICKY_TEXT)
+    chars = sorted(set(TRICKY_TEXT))  # nanoGPT's stoi: the index in the sorted character set
+    ids = tokenizer(TRICKY_TEXT)["input_ids"]
+    assert ids == [chars.index(c) for c in TRICKY_TEXT]  # no special token added, one id per code point
+    assert tokenizer.decode(ids) == TRICKY_TEXT
+    assert tokenizer.convert_ids_to_tokens(list(range(len(chars) + 3))) == [
+        *chars, "<|endoftext|>", "<|pad|>", "<|unk|>",
+    ]  # fmt: skip
+    assert len(tokenizer) == len(chars) + 3
+    assert (tokenizer.eos_token, tokenizer.bos_token, tokenizer.pad_token, tokenizer.unk_token) == (
+        "<|endoftext|>", "<|endoftext|>", "<|pad|>", "<|unk|>",
+    )  # fmt: skip
+
+
+def test_char_tokenizer_maps_unknown_characters_to_unk():
+    tokenizer = build_char_tokenizer("ab\n")
+    ids = tokenizer("a\nZb€\t")["input_ids"]
+    unk = tokenizer.unk_token_id
+    assert ids == [1, 0, unk, 2, unk, unk]  # sorted set: "\n" 0, "a" 1, "b" 2
+    assert tokenizer.decode(ids) == "a\n<|unk|>b<|unk|><|unk|>"
+
+
+def test_char_tokenizer_is_deterministic_and_rejects_strings_longer_than_one_character():
+    assert build_char_tokenizer("cab").get_vocab() == build_char_tokenizer(["b", "a", "c", "a"]).get_vocab()
+    with pytest.raises(ValueError, match="single characters"):
+        build_char_tokenizer(["a", "bc"])
+
+
+def test_char_tokenizer_round_trips_random_unicode():
+    rng = random.Random(0)
+    texts = [_random_text(rng, rng.randrange(0, 40)) for _ in range(50)]
+    tokenizer = build_char_tokenizer("".join(texts))
+    for text in texts:
+        ids = tokenizer(text)["input_ids"]
+        assert len(ids) == len(text) and tokenizer.unk_token_id not in ids
+        assert tokenizer.decode(ids) == text
+
+
+def test_byte_tokenizer_ids_are_the_utf8_bytes_of_any_string():
+    tokenizer = build_byte_tokenizer()
+    rng = random.Random(1)
+    for text in [TRICKY_TEXT, "", "\x00\x7f\x80 ÿ", *(_random_text(rng, rng.randrange(1, 40)) for _ in range(100))]:
+        ids = tokenizer(text)["input_ids"]
+        assert ids == list(text.encode("utf-8"))
+        assert tokenizer.decode(ids) == text
+    assert len(tokenizer) == 258
+    assert (tokenizer.eos_token_id, tokenizer.bos_token_id, tokenizer.pad_token_id) == (256, 256, 257)
+    assert tokenizer.convert_ids_to_tokens([256, 257]) == ["<|endoftext|>", "<|pad|>"]
+    assert tokenizer.decode([104, 105, 256], skip_special_tokens=True) == "hi"
+
+
+@pytest.mark.parametrize(
+    "build", [lambda: build_char_tokenizer(TRICKY_TEXT), build_byte_tokenizer], ids=["char", "byte"]
+)
+def test_char_and_byte_tokenizers_save_and_load(build, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    tokenizer = build()
+    tokenizer.save_pretrained(tmp_path)
+    loaded = AutoTokenizer.from_pretrained(tmp_path)
+    assert loaded.get_vocab() == tokenizer.get_vocab()
+    assert (loaded.eos_token_id, loaded.bos_token_id, loaded.pad_token_id, loaded.unk_token_id) == (
+        tokenizer.eos_token_id, tokenizer.bos_token_id, tokenizer.pad_token_id, tokenizer.unk_token_id,
+    )  # fmt: skip
+    for text in (TRICKY_TEXT, TRICKY_TEXT[::-1], "x<|endoftext|>y"):
+        ids = loaded(text)["input_ids"]
+        assert ids == tokenizer(text)["input_ids"]
+        assert loaded.decode(ids) == tokenizer.decode(ids)
+    assert loaded.decode(loaded(TRICKY_TEXT)["input_ids"]) == TRICKY_TEXT

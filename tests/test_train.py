@@ -1,4 +1,5 @@
-"""Pretraining on Trainer: data preparation, the run directory, metrics, resume, NaN stop, two processes."""
+"""Training from scratch on Trainer (the protein task): data preparation, the run directory, metrics, resume,
+NaN stop, two processes. The same trainer serves fine-tuning (test_finetune.py) and the text task (test_text.py)."""
 
 import json
 import math
@@ -15,16 +16,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 import ginformer
 from ginformer.data.protein import ProteinRecord, format_protein_example, format_protein_prompt
 from ginformer.data.tokenizer import build_protein_tokenizer
-from ginformer.experiment import ConfigError, load_settings
-from ginformer.train import (
-    IGNORE_INDEX,
-    CausalLMCollator,
-    TrainingDiverged,
-    build_datasets,
-    pretrain,
-    tokenize_example,
-    token_nll,
-)
+from ginformer.data.batches import IGNORE_INDEX, CausalLMCollator, tokenize_with_prompt
+from ginformer.runs.config import load_run_settings
+from ginformer.runs.settings import ConfigError
+from ginformer.runs.train import TrainingDiverged, token_nll, train
 
 TINY = [
     "model.num_hidden_layers=2",
@@ -48,7 +43,7 @@ TINY = [
 
 
 def tiny_settings(tmp_path, *overrides):
-    return load_settings(None, [*TINY, f"training.output_root={tmp_path}", *overrides])
+    return load_run_settings(None, [*TINY, f"training.output_root={tmp_path}", *overrides], side="scratch")
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -85,19 +80,19 @@ def test_collator_pads_right_and_masks_padding(tokenizer):
 def test_loss_on_labels_scores_only_the_two_label_tokens_and_the_end_token(tokenizer):
     record = ProteinRecord("MKVL", "AH", "BS", None, 0)
     text = format_protein_example(record)
-    example = tokenize_example(text, tokenizer, format_protein_prompt(record.sequence))
+    example = tokenize_with_prompt(text, tokenizer, format_protein_prompt(record.sequence))
     scored = [t for t in example["labels"] if t != IGNORE_INDEX]
     assert tokenizer.decode(scored) == "<|AH|><|BS|><|eot_id|>"
     assert example["labels"][-3:] == example["input_ids"][-3:]
-    assert tokenize_example(text, tokenizer)["labels"] == example["input_ids"]
+    assert tokenize_with_prompt(text, tokenizer)["labels"] == example["input_ids"]
 
 
 def test_build_datasets_follows_loss_on(tmp_path, tokenizer):
     for loss_on in ("all", "labels"):
-        settings = tiny_settings(tmp_path, f"data.loss_on={loss_on}")
-        train, val = build_datasets(settings.data, tokenizer)
-        assert (len(train), len(val)) == (16, 6)
-        for example in train + val:
+        splits = tiny_settings(tmp_path, f"data.loss_on={loss_on}").task().datasets(tokenizer)
+        assert (len(splits.train), len(splits.val)) == (16, 6)
+        assert splits.longest == max(len(e["input_ids"]) for e in [*splits.train, *splits.val])
+        for example in [*splits.train, *splits.val]:
             scored = [t for t in example["labels"] if t != IGNORE_INDEX]
             if loss_on == "all":
                 assert example["labels"] == example["input_ids"]
@@ -123,9 +118,9 @@ def test_token_nll_is_the_models_own_loss():
 
 def test_pretrain_writes_config_metrics_checkpoints_and_model(tmp_path, tokenizer):
     settings = tiny_settings(tmp_path)
-    run_dir = pretrain(settings)
+    run_dir = train(settings)
     assert run_dir == tmp_path / "tiny"
-    assert load_settings(run_dir / "config.yaml") == settings
+    assert load_run_settings(run_dir / "config.yaml") == settings
     assert sorted(p.name for p in run_dir.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
 
     model = AutoModelForCausalLM.from_pretrained(run_dir / "model")
@@ -134,20 +129,21 @@ def test_pretrain_writes_config_metrics_checkpoints_and_model(tmp_path, tokenize
 
     metrics = read_metrics(run_dir)
     assert [m["event"] for m in metrics][0] == "start" and metrics[-1]["event"] == "end"
-    assert metrics[0]["parameters"] == ginformer.count_parameters(model)
-    train, evals = events(metrics, "train"), events(metrics, "eval")
-    assert sorted(train) == [1, 2, 3, 4, 5, 6] and sorted(evals) == [3, 6]
-    assert all(math.isfinite(m["train_loss"]) for m in train.values())
-    assert train[1]["learning_rate"] == 0.0 and train[6]["learning_rate"] == pytest.approx(1e-3)  # 2-step warm-up
-    for m in list(train.values()) + list(evals.values()):
+    assert metrics[0]["parameters"] == metrics[0]["total_parameters"] == ginformer.count_parameters(model)
+    assert (metrics[0]["model"], metrics[0]["hidden_size"]) == ("scratch", 32)
+    trains, evals = events(metrics, "train"), events(metrics, "eval")
+    assert sorted(trains) == [1, 2, 3, 4, 5, 6] and sorted(evals) == [3, 6]
+    assert all(math.isfinite(m["train_loss"]) for m in trains.values())
+    assert trains[1]["learning_rate"] == 0.0 and trains[6]["learning_rate"] == pytest.approx(1e-3)  # 2-step warm-up
+    for m in list(trains.values()) + list(evals.values()):
         alphas = m["graph"]["sharpening"]
         assert len(alphas) == 2 and all(isinstance(a, float) for a in alphas)
-    assert train[6]["graph"]["sharpening"] != [1.0, 1.0]  # α is learned, and the log follows it
+    assert trains[6]["graph"]["sharpening"] != [1.0, 1.0]  # α is learned, and the log follows it
     for m in evals.values():
         assert m["val_perplexity"] == pytest.approx(math.exp(m["val_loss"]))
 
     # The logged validation loss is the final model's token-weighted loss over the validation set.
-    _, val = build_datasets(settings.data, tokenizer)
+    val = settings.task().datasets(tokenizer).val
     collate = CausalLMCollator(tokenizer.pad_token_id)
     with torch.no_grad():
         per_example = [(model(**collate([e])).loss.item(), sum(t != IGNORE_INDEX for t in e["labels"][1:]))
@@ -158,8 +154,8 @@ def test_pretrain_writes_config_metrics_checkpoints_and_model(tmp_path, tokenize
 
 def test_a_setting_that_fails_late_leaves_no_run_directory(tmp_path):
     settings = tiny_settings(tmp_path, "model.max_position_embeddings=64")
-    with pytest.raises(ConfigError, match="max_position_embeddings=64"):
-        pretrain(settings)
+    with pytest.raises(ConfigError, match="the model has 64 positions"):
+        train(settings)
     assert not settings.run_dir.exists()
 
 
@@ -169,15 +165,15 @@ def test_an_existing_run_directory_is_never_overwritten_unless_asked(tmp_path):
     marker = tmp_path / "tiny" / "results.txt"
     marker.write_text("keep me")
     with pytest.raises(FileExistsError, match="--overwrite"):
-        pretrain(settings)
+        train(settings)
     assert marker.read_text() == "keep me"
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
-        pretrain(settings, resume=True)
+        train(settings, resume=True)
     with pytest.raises(ValueError, match="exclude each other"):
-        pretrain(settings, resume=True, overwrite=True)
+        train(settings, resume=True, overwrite=True)
     assert marker.read_text() == "keep me"
 
-    pretrain(settings, overwrite=True)
+    train(settings, overwrite=True)
     assert not marker.exists() and (tmp_path / "tiny" / "model").is_dir()
 
 
@@ -196,13 +192,13 @@ def test_resume_reaches_the_same_losses_as_an_uninterrupted_run(tmp_path):
     # 14 examples in steps of 2 × 2 (gradient accumulation): epochs end mid-step, dropout draws random numbers.
     common = ["data.max_train_examples=14", "training.per_device_train_batch_size=2",
               "training.gradient_accumulation_steps=2", "training.max_steps=7", "model.gin_mlp_dropout=0.1"]
-    uninterrupted = read_metrics(pretrain(tiny_settings(tmp_path, *common, "training.run_name=whole")))
+    uninterrupted = read_metrics(train(tiny_settings(tmp_path, *common, "training.run_name=whole")))
 
     settings = tiny_settings(tmp_path, *common, "training.run_name=resumed")
     with pytest.raises(KeyboardInterrupt):
-        pretrain(settings, callbacks=[_CrashAfterSave(3)])
+        train(settings, callbacks=[_CrashAfterSave(3)])
     assert not (settings.run_dir / "model").exists()
-    resumed = read_metrics(pretrain(settings, resume=True))
+    resumed = read_metrics(train(settings, resume=True))
 
     assert [m["step"] for m in resumed if m["event"] == "resume"] == [3]
     for kind, key in (("train", "train_loss"), ("eval", "val_loss")):
@@ -213,7 +209,7 @@ def test_resume_reaches_the_same_losses_as_an_uninterrupted_run(tmp_path):
         assert a[max(a)][key] < a[min(a)][key]  # it did train
 
     with pytest.raises(ConfigError, match="model.hidden_size"):
-        pretrain(tiny_settings(tmp_path, *common, "training.run_name=resumed", "model.hidden_size=64"), resume=True)
+        train(tiny_settings(tmp_path, *common, "training.run_name=resumed", "model.hidden_size=64"), resume=True)
 
 
 class _NanFromStep(TrainerCallback):
@@ -232,7 +228,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     settings = tiny_settings(tmp_path, "training.save_steps=2", "training.max_steps=8")
     poison = _NanFromStep(5)
     with pytest.raises(TrainingDiverged, match=r"loss became nan at step 5.*checkpoint-4"):
-        pretrain(settings, callbacks=[poison])
+        train(settings, callbacks=[poison])
 
     run_dir = settings.run_dir
     assert sorted(p.name for p in run_dir.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
@@ -253,7 +249,7 @@ def test_cli_reports_a_diverged_run_in_one_line_with_exit_code_1(tmp_path, monke
     def diverge(settings, resume, overwrite):
         raise TrainingDiverged("loss became nan at step 5; training stopped and the last good checkpoint is c-4")
 
-    monkeypatch.setattr("ginformer.train.pretrain", diverge)
+    monkeypatch.setattr("ginformer.runs.train.train", diverge)
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump({"training": {"max_steps": 2}}))
     assert main(["pretrain", "--config", str(config)]) == 1
@@ -292,7 +288,7 @@ def test_two_processes_train_like_one_process_with_the_combined_batch(tmp_path, 
     )
     assert result.returncode == 0, result.stderr[-3000:]
     two = read_metrics(tmp_path / "two")
-    one = read_metrics(pretrain(tiny_settings(tmp_path, *common, "training.run_name=one",
+    one = read_metrics(train(tiny_settings(tmp_path, *common, "training.run_name=one",
                                               "training.per_device_train_batch_size=8")))
 
     assert two[0]["world_size"] == 2 and one[0]["world_size"] == 1

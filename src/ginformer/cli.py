@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -15,105 +16,80 @@ def _set_option(parser: argparse.ArgumentParser, example: str) -> None:
         dest="overrides",
         action="append",
         default=[],
-        metavar="SECTION.KEY=VALUE",
-        help=f"override one config value (YAML-parsed), e.g. --set {example}; repeatable",
+        metavar="KEY=VALUE",
+        help=f"override one config value (YAML-parsed, nested keys with dots), e.g. --set {example}; repeatable",
     )
 
 
 def _run_config_arguments(parser: argparse.ArgumentParser, config_example: str, set_example: str) -> None:
-    parser.add_argument("--config", required=True, help=f"run config YAML, e.g. {config_example}")
+    parser.add_argument(
+        "--config", required=True, help=f"run config YAML (a path, or the name of a bundled config), e.g. {config_example}"
+    )
     _set_option(parser, set_example)
     flags = parser.add_mutually_exclusive_group()
     flags.add_argument("--resume", action="store_true", help="continue the run from its newest checkpoint")
     flags.add_argument("--overwrite", action="store_true", help="delete an existing run directory first")
 
 
+def _train(args: argparse.Namespace, side: str) -> None:
+    from ginformer.runs.config import load_run_settings
+    from ginformer.runs.train import train
+
+    settings = load_run_settings(args.config, args.overrides, side=side)
+    print(f"run written to {train(settings, resume=args.resume, overwrite=args.overwrite)}")
+
+
 def _pretrain_arguments(parser: argparse.ArgumentParser) -> None:
-    _run_config_arguments(parser, "configs/protein_demo.yaml", "training.max_steps=20")
+    _run_config_arguments(parser, "configs/shakespeare_char_cpu.yaml", "training.max_steps=20")
 
 
 def _pretrain(args: argparse.Namespace) -> None:
-    from ginformer.experiment import load_settings
-    from ginformer.train import pretrain
-
-    settings = load_settings(args.config, args.overrides)
-    print(f"run written to {pretrain(settings, resume=args.resume, overwrite=args.overwrite)}")
+    _train(args, "scratch")
 
 
 def _finetune_arguments(parser: argparse.ArgumentParser) -> None:
-    _run_config_arguments(parser, "configs/gsm8k_cpu_sparse_gin.yaml", "model.sparse_gin.d_gnn=64 (nested keys too)")
+    _run_config_arguments(parser, "configs/gsm8k_cpu_sparse_gin.yaml", "model.sparse_gin.d_gnn=64")
 
 
 def _finetune(args: argparse.Namespace) -> None:
-    from ginformer.finetune import finetune, load_finetune_settings
-
-    settings = load_finetune_settings(args.config, args.overrides)
-    print(f"run written to {finetune(settings, resume=args.resume, overwrite=args.overwrite)}")
+    _train(args, "pretrained")
 
 
 def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", dest="run_dir", required=True, help="a finished run directory, e.g. runs/shakespeare")
+    parser.add_argument("--data", help="a file in the run's data format; default: the run's validation split")
     parser.add_argument(
-        "--run", dest="run_dir", required=True,
-        help="a run directory written by pretrain or finetune, e.g. runs/protein_demo_gin",
-    )
-    parser.add_argument(
-        "--data",
-        help="a file in the run's data format (proteins: .parquet/.csv/.jsonl; GSM8K or FOLIO: .jsonl); "
-        "default: the run's validation split",
+        "--limit", type=int, help="rows (or blocks) scored: default the run's validation subset, all rows of --data"
     )
     parser.add_argument("--batch-size", type=int, help="evaluation batch size (default: the run's eval batch size)")
-    finetuned = parser.add_argument_group("fine-tuning runs")
-    finetuned.add_argument(
-        "--limit", type=int, help="rows scored for the loss (default: the run's validation subset; all rows of --data)"
-    )
-    finetuned.add_argument(
-        "--generate", type=int, help="how many of those rows are scored by generation (default: all)"
-    )
-    finetuned.add_argument(
-        "--max-new-tokens", type=int, default=256, help="cap on generated tokens per row (default 256)"
-    )
+    generated = parser.add_argument_group("tasks scored on generated answers (gsm8k, folio)")
+    generated.add_argument("--generate", type=int, help="how many of those rows are scored by generation (default all)")
+    generated.add_argument("--max-new-tokens", type=int, help="cap on generated tokens per row (default: the task's)")
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from ginformer.finetune import is_finetune_run
+    from ginformer.runs.evaluate import evaluate_run, format_evaluation
+    from ginformer.tasks import TASKS
 
-    if is_finetune_run(args.run_dir):
-        from ginformer.finetune_eval import evaluate_finetune_run, format_finetune_evaluation
-
-        result = evaluate_finetune_run(
-            args.run_dir, args.data, args.limit, args.generate, args.max_new_tokens, args.batch_size
-        )
-        print(format_finetune_evaluation(result))
-    else:
-        from ginformer.evaluate import evaluate_run, format_evaluation
-
-        result = evaluate_run(args.run_dir, args.data, batch_size=args.batch_size)
-        print(format_evaluation(result))
-    print(f"\nwritten to {result.run}/eval_{'val' if args.data is None else Path(args.data).stem}.json")
+    result = evaluate_run(
+        args.run_dir, args.data, limit=args.limit, generate=args.generate, max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+    )
+    print(format_evaluation(result, TASKS[result.task].columns))
+    print(f"\nwritten to {Path(result.run) / ('eval_' + ('val' if args.data is None else Path(args.data).stem))}.json")
 
 
 def _compare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--config", required=True,
-        help="compare config YAML: pretraining (configs/protein_compare.yaml) or fine-tuning "
-        "(configs/gsm8k_compare.yaml)",
+        "--config", required=True, help="compare config YAML, e.g. configs/shakespeare_compare_cpu.yaml"
     )
     _comparison_options(parser)
 
 
 def _compare(args: argparse.Namespace) -> None:
-    from ginformer.compare import load_compare_settings, run_compare
-    from ginformer.finetune_compare import (
-        is_finetune_compare_config,
-        load_finetune_compare_settings,
-        run_finetune_compare,
-    )
+    from ginformer.runs.compare import load_compare_settings, run_comparison
 
-    if is_finetune_compare_config(args.config):
-        root = run_finetune_compare(load_finetune_compare_settings(args.config, args.overrides), args.overwrite)
-    else:
-        root = run_compare(load_compare_settings(args.config, args.overrides), overwrite=args.overwrite)
-    _print_comparison(root)
+    _print_comparison(run_comparison(load_compare_settings(args.config, args.overrides), overwrite=args.overwrite))
 
 
 def _comparison_options(parser: argparse.ArgumentParser) -> None:
@@ -122,11 +98,13 @@ def _comparison_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from ginformer.compare import run_demo
+    from ginformer.runs.compare import run_demo
 
-    root, seconds = run_demo(overwrite=args.overwrite, overrides=args.overrides)
+    started = time.perf_counter()
+    root = run_demo(overwrite=args.overwrite, overrides=args.overrides)
     _print_comparison(root)
-    print(f"demo wall time: {seconds / 60:.1f} min (finished runs are reused; --overwrite trains again)")
+    minutes = (time.perf_counter() - started) / 60
+    print(f"demo wall time: {minutes:.1f} min (finished runs are reused; --overwrite trains again)")
 
 
 def _print_comparison(root: Path) -> None:
@@ -136,36 +114,83 @@ def _print_comparison(root: Path) -> None:
     print(f"figures: {root / 'figures'}/")
 
 
-def _graph_arguments(parser: argparse.ArgumentParser) -> None:
-    from ginformer import graph_cli
+def _generate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", dest="run_dir", required=True, help="a finished run directory")
+    parser.add_argument("--prompt", required=True, help="the text to continue (protein runs: a residue sequence)")
+    parser.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate (default 200)")
+    parser.add_argument("--temperature", type=float, help="sample at this temperature (default: greedy decoding)")
+    parser.add_argument("--top-k", type=int, help="sample from the k most likely tokens only")
+    parser.add_argument("--top-p", type=float, help="sample from the smallest set of tokens with probability p")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the sampling (default 0)")
 
-    graph_cli.add_arguments(parser)
+
+def _generate(args: argparse.Namespace) -> None:
+    from ginformer.runs.generate import Sampling, continue_text
+
+    sampled = any(value is not None for value in (args.temperature, args.top_k, args.top_p))
+    temperature = 1.0 if args.temperature is None else args.temperature
+    sampling = Sampling(temperature, args.top_k, args.top_p) if sampled else None
+    continue_text(args.run_dir, args.prompt, max_new_tokens=args.max_new_tokens, sampling=sampling, seed=args.seed)
+    print()
+
+
+def _graph_arguments(parser: argparse.ArgumentParser) -> None:
+    from ginformer.viz.draw import LAYOUTS, GraphRequest
+
+    defaults = GraphRequest(text="")
+    parser.add_argument("--model", default=defaults.model, help="a run directory (its model/ is read), a model "
+                        "directory, a hub id, or 'smollm2' for the bundled SmolLM2-135M-Instruct (default)")
+    parser.add_argument("--adapter", type=Path, help="a saved Sparse-GIN adapter directory to attach to --model")
+    parser.add_argument("--text", required=True, help="the text whose attention graphs to draw")
+    parser.add_argument("--layer", type=int, action="append", dest="layers", metavar="L",
+                        help="layer to draw (negative counts from the end); repeatable; default: the middle layer")
+    parser.add_argument("--head", type=int, metavar="H", help="also draw head H alone, and use it for the graph")
+    parser.add_argument("--window", type=_window, metavar="START:STOP", help="show only tokens START..STOP-1 "
+                        "(as a Python slice); the model still reads the whole text")
+    parser.add_argument("--top-k", type=int, default=defaults.top_k, help="edges drawn per token in the causal graph")
+    parser.add_argument("--layout", choices=LAYOUTS, default=defaults.layout, help="causal graph layout")
+    parser.add_argument("--gamma", type=float, default=defaults.gamma, help="colour-scale exponent of the heatmaps: "
+                        "< 1 shows the weak edges next to strong attention sinks (1 is linear)")
+    for name, meaning in (("alpha", "sigmoid slope α"), ("tau", "sigmoid centre τ"), ("epsilon", "edge threshold ε")):
+        parser.add_argument(f"--{name}", type=float, help=f"Sparse-GIN {meaning} for the stages (default: the "
+                            "adapter's, else SparseGINConfig's)")
+    parser.add_argument("--out", type=Path, help="output directory (default runs/graphs/<model>-<first words>)")
+
+
+def _window(text: str) -> tuple[int, int | None]:
+    from ginformer.viz.draw import parse_window
+
+    try:
+        return parse_window(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _graph(args: argparse.Namespace) -> None:
-    from ginformer import graph_cli
+    from ginformer.viz.draw import GraphRequest, draw_attention_graphs
 
-    graph_cli.run(args)
+    request = GraphRequest(**{k: v for k, v in vars(args).items() if k not in ("command", "run")})
+    drawn = draw_attention_graphs(request)
+    shown = "" if drawn.window is None else f", window {drawn.window[0]}:{drawn.window[1]}"
+    layers = ", ".join(map(str, drawn.layers))
+    print(f"layer{'s' if len(drawn.layers) > 1 else ''} {layers}, {drawn.tokens} tokens{shown} -> {drawn.out}/")
+    width = max(map(len, drawn.files))
+    for name, description in drawn.files.items():
+        print(f"  {name:<{width}}  {description}")
 
 
 # name -> (help, add_arguments, run)
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], None]]] = {
-    "pretrain": ("train a model from scratch as a run config describes", _pretrain_arguments, _pretrain),
-    "finetune": (
-        "fine-tune a frozen pretrained LLM with Sparse-GIN or LoRA (or evaluate the base: method none)",
-        _finetune_arguments,
-        _finetune,
-    ),
-    "evaluate": (
-        "loss, perplexity and task scores (label accuracy, GSM8K exact match, FOLIO accuracy) of a trained run",
-        _evaluate_arguments,
-        _evaluate,
-    ),
-    "compare": (
-        "train variants × seeds (pretraining at a matched size, or fine-tuning methods); write a summary and figures",
-        _compare_arguments,
-        _compare,
-    ),
+    "pretrain": ("train a model from scratch (GIN, PNA or standard attention) on any task", _pretrain_arguments,
+                 _pretrain),
+    "finetune": ("fine-tune a frozen pretrained LLM with Sparse-GIN or LoRA (or evaluate the base: method none)",
+                 _finetune_arguments, _finetune),
+    "evaluate": ("loss and perplexity of a trained run, and its task's metrics beside their baselines",
+                 _evaluate_arguments, _evaluate),
+    "compare": ("train variants × seeds at a matched size or budget; write a summary and figures",
+                _compare_arguments, _compare),
+    "generate": ("continue a prompt with a trained run's model, streaming to the terminal", _generate_arguments,
+                 _generate),
     "demo": ("the CPU comparison of reference and GIN attention on the bundled proteins", _comparison_options, _demo),
     "graph": ("draw and export the graphs a text induces in a model's attention", _graph_arguments, _graph),
 }
@@ -182,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from ginformer.train import TrainingDiverged
+    from ginformer.runs.train import TrainingDiverged
 
     args = build_parser().parse_args(argv)
     try:
@@ -190,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TrainingDiverged as err:
         print(f"ginformer {args.command}: stopped: {err}", file=sys.stderr)
         return 1
-    except (ValueError, FileExistsError, FileNotFoundError) as err:
+    except (ValueError, FileExistsError, FileNotFoundError, ModuleNotFoundError) as err:
         # Bad input (a config, a data file, a run directory): one line saying what to fix, no traceback;
         # exit code 2, as argparse uses for usage errors. ConfigError is a ValueError.
         print(f"ginformer {args.command}: error: {err}", file=sys.stderr)

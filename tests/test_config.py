@@ -1,4 +1,5 @@
-"""Run configs: defaults, YAML + --set overrides, validation errors, the shipped configs, the CLI's error path."""
+"""Run configs: defaults, YAML + --set overrides, validation errors, the model side and the task, the shipped
+configs, the CLI's error path."""
 
 import dataclasses
 from pathlib import Path
@@ -7,25 +8,32 @@ import pytest
 import yaml
 from transformers import LlamaConfig
 
+from ginformer.adapter import SparseGINConfig
 from ginformer.cli import main
-from ginformer.experiment import (
-    ConfigError,
-    ExperimentSettings,
-    ModelSettings,
-    load_settings,
-    parse_override,
-    save_settings,
-    settings_from_dict,
+from ginformer.runs.config import (
+    TrainingSettings,
+    apply_overrides,
+    bundled_configs,
+    load_run_settings,
+    run_settings_from_dict,
+    save_run_settings,
 )
+from ginformer.runs.models import PretrainedModelSettings, ScratchModelSettings
+from ginformer.runs.settings import ConfigError
 from ginformer.modeling import GinformerConfig
 from ginformer.sizing import config_parameters
+from ginformer.tasks import TASKS
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SIZING_FIELDS = {"target_params", "scale_intermediate"}
 
 
+def load_settings(path=None, overrides=(), side="scratch"):
+    return load_run_settings(path, overrides, side=side)
+
+
 def test_training_defaults_are_the_papers_table_1():
-    t = ExperimentSettings().training
+    t = TrainingSettings()
     assert (t.learning_rate, t.lr_scheduler, t.warmup_steps) == (1e-4, "constant_with_warmup", 250)
     assert (t.per_device_train_batch_size, t.per_device_eval_batch_size, t.gradient_accumulation_steps) == (8, 4, 4)
     assert (t.weight_decay, t.max_grad_norm, t.num_train_epochs) == (0.01, 1.0, 9.0)
@@ -36,17 +44,17 @@ def test_model_settings_mirror_ginformer_config():
     every graph option of GinformerConfig can be set from a run config: the two cannot drift apart unnoticed."""
     config_fields = {f.name for f in dataclasses.fields(GinformerConfig)}
     llama_fields = {f.name for f in dataclasses.fields(LlamaConfig)}
-    settings, reference = ModelSettings(), GinformerConfig(vocab_size=64)
-    for f in dataclasses.fields(ModelSettings):
+    settings, reference = ScratchModelSettings(), GinformerConfig(vocab_size=64)
+    for f in dataclasses.fields(ScratchModelSettings):
         if f.name in SIZING_FIELDS:
             continue
-        assert f.name in config_fields, f"ModelSettings.{f.name} is not a GinformerConfig field"
+        assert f.name in config_fields, f"ScratchModelSettings.{f.name} is not a GinformerConfig field"
         if f.name not in llama_fields:  # Llama's sizes differ on purpose: ours are the paper's
             ours, theirs = getattr(settings, f.name), getattr(reference, f.name)
             assert (list(ours) if isinstance(ours, list) else ours) == (
                 list(theirs) if isinstance(theirs, tuple) else theirs
             ), f.name
-    missing = config_fields - llama_fields - {f.name for f in dataclasses.fields(ModelSettings)}
+    missing = config_fields - llama_fields - {f.name for f in dataclasses.fields(ScratchModelSettings)}
     assert not missing, f"GinformerConfig options a run config cannot set: {sorted(missing)}"
 
 
@@ -70,24 +78,34 @@ def test_target_params_sizes_hidden_size():
 @pytest.mark.parametrize(
     "text, expected",
     [
-        ("training.max_steps=20", ("training", "max_steps", 20)),
-        ("training.learning_rate=1e-4", ("training", "learning_rate", "1e-4")),  # YAML 1.1: no dot, a string
-        ("training.learning_rate=1.0e-4", ("training", "learning_rate", 1e-4)),
-        ("training.bf16=true", ("training", "bf16", True)),
-        ("model.attention_kind=[gin, standard]", ("model", "attention_kind", ["gin", "standard"])),
-        ("training.run_name=a=b", ("training", "run_name", "a=b")),
-        ("training.max_steps=null", ("training", "max_steps", None)),
-        ("training.max_steps=", ("training", "max_steps", None)),
+        ("training.max_steps=20", {"training": {"max_steps": 20}}),
+        ("training.learning_rate=1e-4", {"training": {"learning_rate": "1e-4"}}),  # YAML 1.1: no dot, a string
+        ("training.learning_rate=1.0e-4", {"training": {"learning_rate": 1e-4}}),
+        ("training.bf16=true", {"training": {"bf16": True}}),
+        ("model.attention_kind=[gin, standard]", {"model": {"attention_kind": ["gin", "standard"]}}),
+        ("training.run_name=a=b", {"training": {"run_name": "a=b"}}),
+        ("training.max_steps=null", {"training": {"max_steps": None}}),
+        ("training.max_steps=", {"training": {"max_steps": None}}),
+        ("model.sparse_gin.d_gnn=64", {"model": {"sparse_gin": {"d_gnn": 64}}}),
     ],
 )
-def test_parse_override(text, expected):
-    assert parse_override(text) == expected
+def test_one_override_grammar_with_nested_keys(text, expected):
+    assert apply_overrides({}, [text]) == expected
 
 
-@pytest.mark.parametrize("text", ["max_steps=20", "training.max_steps", "=3", "training.=3", "a.b.c=1", ".x=1"])
+def test_overrides_leave_the_input_untouched_and_merge_nested_keys():
+    raw = {"model": {"sparse_gin": {"d_gnn": 155, "alpha": 10.0}}}
+    merged = apply_overrides(raw, ["model.sparse_gin.d_gnn=64"])
+    assert merged == {"model": {"sparse_gin": {"d_gnn": 64, "alpha": 10.0}}}
+    assert raw["model"]["sparse_gin"]["d_gnn"] == 155
+    with pytest.raises(ConfigError, match="'model.sparse_gin' holds 3, not a mapping"):
+        apply_overrides({"model": {"sparse_gin": 3}}, ["model.sparse_gin.d_gnn=1"])
+
+
+@pytest.mark.parametrize("text", ["max_steps=20", "training.max_steps", "=3", "training.=3", ".x=1", "a..b=1"])
 def test_malformed_override_is_rejected(text):
     with pytest.raises(ConfigError, match="section.key=value"):
-        parse_override(text)
+        apply_overrides({}, [text])
 
 
 def test_overrides_apply_in_order_over_the_file(tmp_path):
@@ -112,7 +130,7 @@ def test_unknown_key_names_the_key_and_the_allowed_keys():
 
 def test_unknown_section_is_rejected():
     with pytest.raises(ConfigError, match="unknown section: 'optim'.*model, data, training"):
-        settings_from_dict({"optim": {"lr": 1}})
+        run_settings_from_dict({"optim": {"lr": 1}})
     with pytest.raises(ConfigError, match="unknown section"):
         load_settings(None, ["optim.lr=1"])
 
@@ -151,14 +169,30 @@ def test_a_section_that_is_not_a_mapping_is_rejected(tmp_path):
 def test_saved_settings_load_back_equal(tmp_path):
     settings = load_settings(None, ["model.attention_kind=[gin, pna]", "model.num_hidden_layers=2",
                                     "training.max_steps=3", "data.loss_on=labels"])
-    save_settings(settings, tmp_path / "config.yaml")
-    assert load_settings(tmp_path / "config.yaml") == settings
+    save_run_settings(settings, tmp_path / "config.yaml")
+    assert load_run_settings(tmp_path / "config.yaml") == settings  # the saved model section says its side
 
 
 @pytest.mark.parametrize("name", ["protein_demo", "protein_gin_paper", "protein_reference_paper"])
 def test_shipped_configs_load(name):
     settings = load_settings(CONFIGS / f"{name}.yaml")
-    assert settings.training.run_name == name if name != "protein_demo" else "protein_demo_gin"
+    assert settings.training.run_name == {"protein_demo": "protein_demo_gin"}.get(name, name)
+
+
+def test_every_shipped_run_config_loads_with_its_command_and_is_package_data():
+    """Every configs/*.yaml is either a run config (pretrain or finetune) or a compare config, and the installed
+    package lists the same files, so `--config NAME.yaml` works outside a checkout."""
+    from ginformer.runs.compare import load_compare_settings
+
+    names = sorted(p.name for p in CONFIGS.glob("*.yaml"))
+    assert bundled_configs() == names
+    for name in names:
+        raw = yaml.safe_load((CONFIGS / name).read_text())
+        if "variants" in raw:
+            load_compare_settings(CONFIGS / name)
+        else:
+            side = "pretrained" if {"base", "method"} & set(raw.get("model") or {}) else "scratch"
+            assert load_run_settings(name, side=side).side.name == side  # found by name, as bundled
 
 
 def test_paper_configs_are_25m_parameter_models_that_differ_only_in_attention():
@@ -183,6 +217,54 @@ def test_demo_config_is_a_small_cpu_model():
     assert settings.training.max_steps <= 500
 
 
+def test_the_model_side_and_the_task_decide_the_sections():
+    scratch = load_settings(None, ["model.num_hidden_layers=2"])
+    assert isinstance(scratch.model, ScratchModelSettings) and scratch.data.task == "protein"
+    pretrained = load_settings(None, ["model.sparse_gin.d_gnn=64"], side="pretrained")
+    assert isinstance(pretrained.model, PretrainedModelSettings) and pretrained.data.task == "gsm8k"
+    assert pretrained.model.sparse_gin == SparseGINConfig(d_gnn=64)
+    assert (pretrained.training.learning_rate, pretrained.training.max_grad_norm) == (2e-4, 0.5)  # paper, Table 2
+    assert load_run_settings(None, ["model.method=lora"]).side.name == "pretrained"  # read off the section
+    text = load_settings(None, ["data.task=text", "data.block_size=64"])
+    assert type(text.data) is TASKS["text"].settings_class and text.data.block_size == 64
+    with pytest.raises(ConfigError, match=r"unknown key in 'data': 'data.block_size'.*of task 'protein'"):
+        load_settings(None, ["data.block_size=64"])  # the protein task has no blocks
+
+
+@pytest.mark.parametrize(
+    ("overrides", "side", "message"),
+    [
+        (["model.base=smollm2"], "scratch", "model.base describes a pretrained model.*ginformer finetune"),
+        (["model.attention_kind=gin"], "pretrained", "model.attention_kind describes a scratch model.*pretrain"),
+        (["data.task=protein"], "pretrained", "data.task='protein' needs a model trained from scratch"),
+        (["data.task=gsm8k"], "scratch", "data.task='gsm8k' needs a pretrained model"),
+        (["data.task=txt"], "scratch", "unknown data.task: 'txt' \\(did you mean 'text'\\?\\)"),
+        (["data.task=text", "data.tokenizer=byte"], "pretrained", "reads text with its own tokenizer"),
+        (["data.task=text", "data.block_size=1"], "scratch", "data.block_size=1"),
+        (["model.sparse_gin.d_gnnn=4"], "pretrained", "model.sparse_gin.d_gnnn"),
+        (["model.method=sparse_gin"], "pretrained", "model.method"),
+        (["model.sparse_gin.d_gnn=0"], "pretrained", "d_gnn"),
+        (["model.lora.target=mlp"], "pretrained", "model.lora.target"),
+        (["model.lora.rank=0"], "pretrained", "model.lora.rank"),
+        (["data.max_length=1"], "pretrained", "data.max_length"),
+        (["model.sparse_gin=3"], "pretrained", "model.sparse_gin"),
+        (["training.min_lr_ratio=1"], "scratch", "training.min_lr_ratio"),
+    ],
+)
+def test_settings_that_do_not_fit_together_stop_before_anything_loads(overrides, side, message):
+    with pytest.raises(ConfigError, match=message):
+        load_settings(None, overrides, side=side)
+
+
+def test_a_config_is_found_among_the_bundled_ones_by_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # outside the checkout
+    assert load_settings("protein_demo.yaml").training.run_name == "protein_demo_gin"
+    with pytest.raises(ConfigError, match="config file not found: nothing.yaml.*shakespeare_char_cpu.yaml"):
+        load_settings("nothing.yaml")
+    (tmp_path / "protein_demo.yaml").write_text("training: {run_name: mine}\n")
+    assert load_settings("protein_demo.yaml").training.run_name == "mine"  # a file of that name comes first
+
+
 def test_cli_reports_a_bad_config_in_one_line_with_exit_code_2(tmp_path, capsys):
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump({"training": {"max_step": 3}}))
@@ -195,6 +277,9 @@ def test_cli_reports_a_bad_config_in_one_line_with_exit_code_2(tmp_path, capsys)
     assert "config file not found" in capsys.readouterr().err
     assert main(["pretrain", "--config", str(path), "--set", "nonsense"]) == 2
     assert "section.key=value" in capsys.readouterr().err
+    path.write_text(yaml.safe_dump({"model": {"method": "prefix"}}))
+    assert main(["finetune", "--config", str(path)]) == 2
+    assert "model.method" in capsys.readouterr().err
 
 
 def test_cli_resume_and_overwrite_exclude_each_other():

@@ -1,0 +1,351 @@
+"""The model side of a run, independent of its task: a model trained from scratch, or a frozen pretrained model
+with Sparse-GIN, LoRA or nothing on top.
+
+    scratch      model: {attention_kind: gin, num_hidden_layers: 6, ..., target_params: 25_000_000}
+    pretrained   model: {base: smollm2, method: sparse-gin, sparse_gin: {d_gnn: 155}, lora: {target: attention}}
+
+A `model` section that names `base` or `method` is a pretrained one; `ginformer pretrain` and `finetune` say which
+they expect. Each side builds its model for a tokenizer, says where a finished run keeps it (`model/`: weights
+and tokenizer; `adapter/`: adapter weights and tokenizer), loads it back, and reports the learned graph scalars
+that metrics.jsonl records (α, ε, PNA's λ per layer from scratch; Sparse-GIN's λ, and α, τ when they learn).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import peft
+import torch
+from safetensors import SafetensorError
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from ginformer.adapter import SparseGINConfig, SparseGINLayer, SparseGINModel, get_sparse_gin_model
+from ginformer.adapter.lora import LoraTarget, get_lora_model, lora_config_for_budget, lora_target_modules
+from ginformer.adapter.model import decoder_layers
+from ginformer.modeling import GinformerForCausalLM
+from ginformer.pretrained import load_base_model, load_base_tokenizer
+from ginformer.runs.settings import ConfigError, check_fields, positive, require
+from ginformer.sizing import count_parameters
+
+# ---------------------------------------------------------------------------------------------------- settings
+
+
+@dataclass
+class ScratchModelSettings:
+    """A Llama decoder trained from scratch whose attention may be a GNN.
+
+    Every field but the last two is a `GinformerConfig` field of the same name and default (modeling.py
+    documents what each graph option does); the defaults are the paper's best protein model at ~25 M
+    parameters. `vocab_size` and the special-token ids come from the tokenizer, not from here.
+    """
+
+    # Size: the paper uses 6 layers × 8 heads and no grouped keys/values.
+    num_hidden_layers: int = 6
+    num_attention_heads: int = 8
+    num_key_value_heads: int | None = None  # None: one key/value head per query head
+    hidden_size: int = 512  # chosen by sizing instead when target_params is set
+    intermediate_size: int = 2048  # feed-forward width; 512 × 4 gives the reference model its ~25 M parameters
+    max_position_embeddings: int = 512  # must cover the longest example: 256 residues plus 5 marker tokens
+    attention_dropout: float = 0.0  # dropout on the attention weights (the adjacency of graph layers) in training
+    # Graph attention (GinformerConfig).
+    attention_kind: str | list[str] = "gin"  # "standard" | "gin" | "pna", or a list with one kind per layer
+    adjacency_activation: str = "softmax"
+    sharpening_init: float = 1.0  # α at step 0; 1.0 is plain softmax
+    learn_sharpening: bool = True  # a trainable α per layer: the paper's best
+    sharpness_init: float = 1.0
+    learn_sharpness: bool = False
+    threshold_init: float = 0.0
+    learn_threshold: bool = True
+    refinement: str = "none"
+    refinement_threshold: float = 0.05
+    adjacency_top_k: int = 8
+    gin_self_term: str = "one_plus_eps"
+    gin_eps_init: float = 0.0
+    learn_gin_eps: bool = True
+    gin_mlp_multiplier: float = 0.5  # γ; 0.5 generalised best in the paper
+    gin_mlp_dropout: float = 0.0
+    node_features: str = "v_proj"
+    use_o_proj: bool = False  # the paper's best model has no output projection after the GIN MLP
+    pna_aggregators: list[str] = field(default_factory=lambda: ["sum", "mean", "max", "var"])
+    pna_scalers: list[str] = field(default_factory=lambda: ["identity"])
+    pna_degree_delta: float = 4.6
+    pna_blend_init: float = 0.5
+    learn_pna_blend: bool = True
+    pna_mlp_multiplier: float = 1.0
+    # Sizing (sizing.py): compare attention kinds at an equal parameter count, as the paper does.
+    target_params: int | None = None  # pick hidden_size so the model has about this many parameters
+    scale_intermediate: bool = False  # sizing keeps the feed-forward width (the paper's best variant)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "model")
+        positive(self, "model", "num_hidden_layers", "num_attention_heads", "hidden_size", "intermediate_size",
+                 "max_position_embeddings", "target_params")
+        require(0.0 <= self.attention_dropout < 1.0, "model.attention_dropout", self.attention_dropout, "in [0, 1)")
+        try:
+            self.to_config(vocab_size=64, sized=False)  # GinformerConfig checks the values it owns
+        except ValueError as err:
+            raise ConfigError(f"model: {err}") from None
+
+    def to_config(self, vocab_size: int, sized: bool = True, **token_ids: int | None):
+        """The GinformerConfig these settings describe, sized to target_params when set and `sized`."""
+        from ginformer.modeling import GinformerConfig
+        from ginformer.sizing import size_config
+
+        values = dataclasses.asdict(self)
+        target_params = values.pop("target_params")
+        scale_intermediate = values.pop("scale_intermediate")
+        if values["num_key_value_heads"] is None:
+            values["num_key_value_heads"] = self.num_attention_heads
+        config = GinformerConfig(vocab_size=vocab_size, **values, **token_ids)
+        if sized and target_params is not None:
+            config = size_config(config, target_params, scale_intermediate=scale_intermediate)
+        return config
+
+
+@dataclass
+class LoraSettings:
+    """The LoRA baseline; its rank is matched to the Sparse-GIN budget unless `rank` is given."""
+
+    target: LoraTarget = "attention"  # "attention": q/k/v/o as the paper's first run; "all_linear": its second
+    rank: int | None = None  # None: the rank whose trainable count is closest to model.sparse_gin's count
+    alpha: float | None = None  # LoRA's α; None: equal to the rank (scale α/r = 1, as the paper's r = α = 50)
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_fields(self, "model.lora")
+        positive(self, "model.lora", "rank", "alpha")
+        require(0.0 <= self.dropout < 1.0, "model.lora.dropout", self.dropout, "in [0, 1)")
+
+
+@dataclass
+class PretrainedModelSettings:
+    """A frozen pretrained model and what is trained on top of it."""
+
+    base: str = "smollm2"  # "smollm2" (the bundled SmolLM2-135M-Instruct), a local model directory or a hub id
+    method: Literal["sparse-gin", "lora", "none"] = "sparse-gin"  # "none" trains nothing: the base's own numbers
+    # The Sparse-GIN adapter; for method "lora" it still sets the trainable-parameter budget LoRA is matched to.
+    sparse_gin: SparseGINConfig = field(default_factory=SparseGINConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+
+
+# ---------------------------------------------------------------------------------------------------- sides
+
+
+@dataclass
+class BuiltModel:
+    """A model ready to train, with what the run's start event records about it."""
+
+    model: torch.nn.Module
+    trainable_parameters: int
+    total_parameters: int
+    record: dict[str, Any]  # side-specific facts for the start event (hidden size; method, base, LoRA rank)
+
+
+class ModelSide(ABC):
+    """Building, saving and loading one kind of model; see the module docstring."""
+
+    name: str
+    settings_class: type
+    final_dir: str  # what a finished run holds, inside its directory
+    default_task: str
+    training_defaults: Mapping[str, Any]  # TrainingSettings values that differ from the paper's Table 1
+
+    @abstractmethod
+    def base_tokenizer(self, settings) -> PreTrainedTokenizerBase | None:
+        """The pretrained model's tokenizer (None from scratch: the task builds one)."""
+
+    @abstractmethod
+    def build(self, settings, tokenizer: PreTrainedTokenizerBase) -> BuiltModel: ...
+
+    def trains(self, settings) -> bool:
+        return True
+
+    @abstractmethod
+    def load(self, run_dir: Path, settings) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
+        """The finished run's model (on the GPU when there is one, in eval mode) and tokenizer."""
+
+    @abstractmethod
+    def graph_scalars(self, model: torch.nn.Module) -> dict[str, list]:
+        """Learned graph scalars per layer, for metrics.jsonl and the comparison figures."""
+
+    @abstractmethod
+    def describe(self, settings) -> str: ...
+
+
+class Scratch(ModelSide):
+    name = "scratch"
+    settings_class = ScratchModelSettings
+    final_dir = "model"
+    default_task = "protein"
+    training_defaults: Mapping[str, Any] = {}
+
+    def base_tokenizer(self, settings: ScratchModelSettings) -> None:
+        return None
+
+    def build(self, settings: ScratchModelSettings, tokenizer: PreTrainedTokenizerBase) -> BuiltModel:
+        """A freshly initialised GinformerForCausalLM for this tokenizer, sized to target_params when set."""
+        config = settings.to_config(
+            vocab_size=len(tokenizer),
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        model = GinformerForCausalLM(config)
+        count = count_parameters(model)
+        return BuiltModel(model, count, count, {"hidden_size": config.hidden_size})
+
+    def load(self, run_dir: Path, settings: ScratchModelSettings):
+        import ginformer  # noqa: F401  (registers the ginformer model type with the Auto classes)
+
+        directory = run_dir / self.final_dir
+        model = read_weights(directory, lambda: AutoModelForCausalLM.from_pretrained(directory))
+        return model.to(_device()).eval(), AutoTokenizer.from_pretrained(directory)
+
+    def graph_scalars(self, model: torch.nn.Module) -> dict[str, list]:
+        return model.graph_parameters() if hasattr(model, "graph_parameters") else {}
+
+    def describe(self, settings: ScratchModelSettings) -> str:
+        kinds = settings.attention_kind if isinstance(settings.attention_kind, str) else "/".join(
+            settings.attention_kind)
+        return f"{kinds} attention, {settings.num_hidden_layers} layers × {settings.num_attention_heads} heads"
+
+
+# method -> build(base, settings) -> (model, start-event extras)
+Method = Callable[[PreTrainedModel, PretrainedModelSettings], tuple[torch.nn.Module, dict[str, Any]]]
+
+
+def _no_adapter(base: PreTrainedModel, settings: PretrainedModelSettings):
+    return base, {}
+
+
+def _sparse_gin(base: PreTrainedModel, settings: PretrainedModelSettings):
+    return get_sparse_gin_model(base, settings.sparse_gin), {}
+
+
+def _lora(base: PreTrainedModel, settings: PretrainedModelSettings):
+    lora = settings.lora
+    budget = sparse_gin_parameter_count(base, settings.sparse_gin)
+    extra = {"lora_dropout": lora.dropout, **({"lora_alpha": lora.alpha} if lora.alpha is not None else {})}
+    if lora.rank is None:
+        try:
+            config, _ = lora_config_for_budget(base, budget, lora.target, **extra)
+        except ValueError as err:
+            raise ConfigError(f"model.lora: {err}; set model.lora.rank") from None
+    else:
+        modules = lora_target_modules(base, lora.target)  # raises, naming the model, when nothing matches
+        names = sorted({n.rsplit(".", 1)[-1] for n in modules})
+        config = peft.LoraConfig(
+            r=lora.rank,
+            target_modules=names if lora.target == "attention" else "all-linear",
+            task_type="CAUSAL_LM",
+            **{"lora_alpha": lora.rank, **extra},
+        )
+    return get_lora_model(base, config), {"lora_rank": config.r, "budget": budget}
+
+
+# method -> (build, load a saved adapter onto the base)
+METHODS: dict[str, tuple[Method, Callable[[PreTrainedModel, Path], torch.nn.Module] | None]] = {
+    "none": (_no_adapter, None),
+    "sparse-gin": (_sparse_gin, SparseGINModel.from_pretrained),
+    "lora": (_lora, peft.PeftModel.from_pretrained),
+}
+
+
+class Pretrained(ModelSide):
+    name = "pretrained"
+    settings_class = PretrainedModelSettings
+    final_dir = "adapter"
+    default_task = "gsm8k"
+    # The paper's fine-tuning hyperparameters (its Table 2), where they differ from pretraining's; logging and
+    # evaluation every 10 and 50 steps suit short CPU runs (the paper logs per epoch fraction).
+    training_defaults: Mapping[str, Any] = {
+        "run_name": "finetune",
+        "learning_rate": 2e-4,
+        "warmup_steps": 50,
+        "per_device_train_batch_size": 1,
+        "per_device_eval_batch_size": 2,
+        "gradient_accumulation_steps": 4,
+        "num_train_epochs": 3.0,
+        "max_grad_norm": 0.5,
+        "logging_steps": 10,
+        "eval_steps": 50,
+        "save_steps": 50,
+    }
+
+    def base_tokenizer(self, settings: PretrainedModelSettings) -> PreTrainedTokenizerBase:
+        return load_base_tokenizer(settings.base)
+
+    def build(self, settings: PretrainedModelSettings, tokenizer: PreTrainedTokenizerBase) -> BuiltModel:
+        """Load the base and wrap it as `settings.method` asks; the base's weights are frozen in every case."""
+        base, _ = load_base_model(settings.base)
+        base.requires_grad_(False)
+        build, _ = METHODS[settings.method]
+        model, extras = build(base, settings)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in model.parameters())
+        return BuiltModel(model, trainable, total, {"method": settings.method, "base": settings.base, **extras})
+
+    def trains(self, settings: PretrainedModelSettings) -> bool:
+        return settings.method != "none"
+
+    def load(self, run_dir: Path, settings: PretrainedModelSettings):
+        adapter = run_dir / self.final_dir
+        base, tokenizer = load_base_model(settings.base)
+        _, attach = METHODS[settings.method]
+        model = base if attach is None else read_weights(adapter, lambda: attach(base, adapter))
+        if attach is not None:
+            tokenizer = AutoTokenizer.from_pretrained(adapter)
+        return model.to(_device()).eval(), tokenizer
+
+    def graph_scalars(self, model: torch.nn.Module) -> dict[str, list]:
+        """λ always, α and τ when they learn; {} without Sparse-GIN."""
+        if not isinstance(model, SparseGINModel):
+            return {}
+        config = model.sparse_gin_config
+        graph = {"lambda": model.adapter_scales()}
+        if config.train_alpha:
+            graph["alpha"] = [adapter.alpha.item() for adapter in model.adapters]
+        if config.train_tau:
+            graph["tau"] = [adapter.tau.item() for adapter in model.adapters]
+        return graph
+
+    def describe(self, settings: PretrainedModelSettings) -> str:
+        return f"{settings.method} on {settings.base}"
+
+
+MODEL_SIDES: dict[str, ModelSide] = {side.name: side for side in (Scratch(), Pretrained())}
+
+
+def side_of(settings: ScratchModelSettings | PretrainedModelSettings) -> ModelSide:
+    return next(side for side in MODEL_SIDES.values() if isinstance(settings, side.settings_class))
+
+
+def sparse_gin_parameter_count(model: PreTrainedModel, config: SparseGINConfig) -> int:
+    """Trainable parameters a Sparse-GIN adapter with `config` adds to `model`, without wrapping it: one
+    SparseGINLayer per decoder layer, every parameter of which trains (fixed values are buffers)."""
+    hidden_size = model.config.get_text_config().hidden_size
+    per_layer = sum(p.numel() for p in SparseGINLayer(hidden_size, config, 0.0).parameters())
+    return per_layer * len(decoder_layers(model))
+
+
+def read_weights(directory: Path, load: Callable[[], torch.nn.Module]) -> torch.nn.Module:
+    """`load()`, with a truncated or corrupt weights file reported as one clear error naming the directory."""
+    try:
+        return load()
+    except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as err:
+        if not directory.is_dir():
+            raise FileNotFoundError(f"{directory} is missing: the run has not finished") from None
+        files = ", ".join(sorted(p.name for p in directory.glob("*.safetensors"))) or "no weights file"
+        raise ValueError(
+            f"{directory}: the saved weights cannot be read ({files}: {type(err).__name__}: {err}); the file is "
+            "truncated or corrupt: train the run again, or resume it from a checkpoint"
+        ) from None
+
+
+def _device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -1,0 +1,402 @@
+"""Training on transformers' Trainer: ``train(settings)`` trains one run, from scratch or on a frozen pretrained
+model, on any task, into a run directory.
+
+    runs/<run_name>/
+      config.yaml      the resolved settings (runs/config.py), re-loadable with `load_run_settings`
+      metrics.jsonl    one JSON object per event, see below
+      checkpoint-N/    Trainer checkpoints: weights (adapter weights only for an adapter), optimizer, scheduler,
+                       RNG state: what `resume` needs
+      model/           from scratch: the final model and tokenizer (`AutoModelForCausalLM` loads it)
+      adapter/         on a pretrained model: the final adapter (Sparse-GIN's or peft's files) and tokenizer
+
+metrics.jsonl events ("event" says which; every event has "step" and "epoch"):
+    start    model (scratch | pretrained), parameters (trainable), total_parameters, world_size, train_examples,
+             val_examples, graph; from scratch hidden_size; on a pretrained model method, base, and for LoRA its
+             rank and the Sparse-GIN budget it matched
+    train    train_loss (mean over the steps since the last log), learning_rate, grad_norm, step_time (mean
+             seconds per optimizer step since the last log, evaluation and saving excluded), graph
+    eval     val_loss (token-weighted mean over the validation set), val_perplexity = exp(val_loss), graph
+    end      train_runtime (s), mean_train_loss
+    resume   the step a resumed run continues from (later events of the interrupted run are dropped)
+    stopped  reason, loss, last_checkpoint: a non-finite loss ended the run
+"graph" holds the learned graph scalars per layer (runs/models.py: `graph_scalars`), {} for a model without.
+A pretrained model with method "none" trains nothing: its run holds config.yaml, the start event and one
+evaluation at step 0, the numbers the adapters must beat.
+
+Because the loop is transformers' Trainer, the same command runs unchanged on several processes:
+
+    torchrun --nproc_per_node 2 -m ginformer.cli pretrain --config ...
+    accelerate launch --multi_gpu --num_processes 2 -m ginformer.cli finetune --config ...
+
+Without a GPU the processes form a gloo group on the CPU (`accelerate launch --cpu` starts one process only).
+Every process runs `train`; the main process alone writes files. N processes with per-device batch b see the
+same examples per step, in the same order, as one process with batch N·b.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+import yaml
+from safetensors.torch import load_file
+from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers.trainer_utils import EvalLoopOutput, get_last_checkpoint
+
+from ginformer.adapter import SparseGINModel
+from ginformer.adapter.model import WEIGHTS_NAME
+from ginformer.data.batches import IGNORE_INDEX, CausalLMCollator
+from ginformer.runs.config import RunSettings, save_run_settings
+from ginformer.runs.settings import ConfigError
+
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.jsonl"
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the run stopped before the bad step changed any weights."""
+
+
+def train(
+    settings: RunSettings, resume: bool = False, overwrite: bool = False, callbacks: Sequence[TrainerCallback] = ()
+) -> Path:
+    """Train as `settings` describe and return the run directory (see the module docstring for its layout).
+
+    `resume` continues from the newest checkpoint; `overwrite` deletes an existing run directory first; without
+    either an existing run directory is an error. `callbacks` go to the Trainer. Raises TrainingDiverged when the
+    loss becomes NaN/inf.
+    """
+    side, task = settings.side, settings.task()
+    if resume and overwrite:
+        raise ValueError("resume and overwrite exclude each other: resume continues a run, overwrite deletes it")
+    if resume and not side.trains(settings.model):
+        raise ConfigError("model.method='none' trains nothing, so there is nothing to resume; use --overwrite")
+    run_dir = settings.run_dir
+    args = training_arguments(settings)
+    checkpoint = check_run_dir(settings, resume, overwrite)
+    barrier()  # every process has looked before the main process changes anything
+
+    tokenizer = task.tokenizer(side.base_tokenizer(settings.model))
+    splits = task.datasets(tokenizer)
+    set_seed(settings.training.seed)  # the initial weights of what trains
+    built = side.build(settings.model, tokenizer)
+    positions = getattr(built.model.config, "max_position_embeddings", None)
+    if positions is not None and splits.longest > positions:
+        raise ConfigError(
+            f"the longest example has {splits.longest} tokens but the model has {positions} positions "
+            "(model.max_position_embeddings): raise it, or shorten the examples (data.max_length, data.block_size)"
+        )
+
+    # Only now, with data and model built, does the run directory change: a bad setting leaves it untouched.
+    if args.process_index == 0:
+        create_run_dir(settings, checkpoint, overwrite)
+    barrier()
+    metrics = MetricsLogger(run_dir / METRICS_FILE, side.graph_scalars)
+    trainer = GuardedTrainer(
+        model=built.model,
+        args=args,
+        train_dataset=splits.train,
+        eval_dataset=splits.val,
+        data_collator=CausalLMCollator(pad_token_id=tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        callbacks=[metrics, *callbacks],
+    )
+    if args.process_index == 0 and checkpoint is None:
+        metrics.write(
+            {
+                "event": "start",
+                "step": 0,
+                "epoch": 0.0,
+                "model": side.name,
+                "parameters": built.trainable_parameters,
+                "total_parameters": built.total_parameters,
+                **built.record,
+                "world_size": args.world_size,
+                "train_examples": len(splits.train),
+                "val_examples": len(splits.val),
+                "graph": side.graph_scalars(built.model),
+            }
+        )
+    if not side.trains(settings.model):
+        trainer.evaluate()  # logged as the eval event at step 0
+        return run_dir
+    train_until_done_or_diverged(trainer, metrics, checkpoint)
+    trainer.save_model(str(run_dir / side.final_dir))
+    return run_dir
+
+
+def training_arguments(settings: RunSettings) -> TrainingArguments:
+    """transformers' TrainingArguments for a run; the only place our settings meet Trainer's names."""
+    t = settings.training
+    cosine_floor = t.lr_scheduler == "cosine" and t.min_lr_ratio > 0
+    return TrainingArguments(
+        output_dir=str(settings.run_dir),
+        learning_rate=t.learning_rate,
+        lr_scheduler_type="cosine_with_min_lr" if cosine_floor else t.lr_scheduler,
+        lr_scheduler_kwargs={"min_lr_rate": t.min_lr_ratio} if cosine_floor else None,
+        warmup_steps=t.warmup_steps,
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        per_device_eval_batch_size=t.per_device_eval_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        weight_decay=t.weight_decay,
+        adam_beta2=t.adam_beta2,
+        max_grad_norm=t.max_grad_norm,
+        num_train_epochs=t.num_train_epochs,
+        max_steps=-1 if t.max_steps is None else t.max_steps,
+        logging_strategy="steps",
+        logging_steps=t.logging_steps,
+        eval_strategy="steps",
+        eval_steps=t.eval_steps,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        seed=t.seed,
+        data_seed=t.seed,  # the shuffling order is part of the run, so resume and multi-process runs see it too
+        bf16=t.bf16,
+        torch_compile=t.torch_compile,
+        # We stop on a non-finite loss ourselves; Trainer's filter would hide it from the logs.
+        logging_nan_inf_filter=False,
+        prediction_loss_only=True,
+        remove_unused_columns=False,
+        # Without an accelerator, accelerate only forms a multi-process (gloo) group when told it runs on CPU.
+        use_cpu=not torch.accelerator.is_available(),
+        dataloader_pin_memory=torch.accelerator.is_available(),
+        report_to="none",
+        disable_tqdm=False,
+    )
+
+
+def train_until_done_or_diverged(trainer: Trainer, metrics: MetricsLogger, checkpoint: str | None) -> None:
+    """trainer.train(), turning a non-finite loss into TrainingDiverged after logging a `stopped` event;
+    the step that produced it has changed no weight, so the last checkpoint is the last good state."""
+    run_dir = Path(trainer.args.output_dir)
+    try:
+        trainer.train(resume_from_checkpoint=checkpoint)
+    except _NonFiniteLoss as err:
+        last = get_last_checkpoint(run_dir)
+        if trainer.args.process_index == 0:
+            metrics.write(
+                {
+                    "event": "stopped",
+                    "step": err.step,
+                    "epoch": trainer.state.epoch,
+                    "reason": "non-finite loss",
+                    "loss": str(err.loss),
+                    "last_checkpoint": None if last is None else Path(last).name,
+                }
+            )
+        kept = f"the last good checkpoint is {last}" if last else "no checkpoint had been saved yet"
+        raise TrainingDiverged(
+            f"loss became {err.loss} at step {err.step}; training stopped and {kept} "
+            f"(try a lower training.learning_rate, then --resume or --overwrite)"
+        ) from None
+
+
+class MetricsLogger(TrainerCallback):
+    """Appends Trainer's logs to metrics.jsonl in our schema (see the module docstring), main process only."""
+
+    def __init__(self, path: str | Path, graph_scalars=lambda model: {}):
+        self.path = Path(path)
+        self.graph_scalars = graph_scalars
+        self._started: float | None = None
+        self._elapsed, self._steps = 0.0, 0
+
+    def write(self, event: dict[str, Any]) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(event) + "\n")
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._started = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._started is not None:
+            self._elapsed += time.perf_counter() - self._started
+            self._steps += 1
+            self._started = None
+
+    def on_log(self, args, state, control, logs=None, model=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        event = self.event(logs, state.global_step, state.epoch, model)
+        if event is not None:
+            self.write(event)
+
+    def event(self, logs: dict[str, float], step: int, epoch: float | None, model=None) -> dict[str, Any] | None:
+        """One metrics.jsonl event from one Trainer log dict; None for logs we do not record."""
+        head = {"step": step, "epoch": epoch}
+        if "loss" in logs:
+            step_time = self._elapsed / self._steps if self._steps else None
+            self._elapsed, self._steps = 0.0, 0
+            return {"event": "train", **head, "train_loss": logs["loss"], "learning_rate": logs.get("learning_rate"),
+                    "grad_norm": logs.get("grad_norm"), "step_time": step_time, "graph": self.graph_scalars(model)}
+        if "eval_loss" in logs:
+            return {"event": "eval", **head, "val_loss": logs["eval_loss"],
+                    "val_perplexity": perplexity(logs["eval_loss"]), "graph": self.graph_scalars(model)}
+        if "train_runtime" in logs:
+            return {"event": "end", **head, "train_runtime": logs["train_runtime"],
+                    "mean_train_loss": logs.get("train_loss")}
+        return None
+
+
+def perplexity(loss: float) -> float:
+    """exp(mean token cross-entropy); infinite rather than an OverflowError for a diverged loss."""
+    return math.exp(loss) if loss < math.log(torch.finfo(torch.float64).max) else math.inf
+
+
+class _NonFiniteLoss(Exception):
+    def __init__(self, step: int, loss: float):
+        super().__init__(f"non-finite loss {loss} at step {step}")
+        self.step, self.loss = step, loss
+
+
+class GuardedTrainer(Trainer):
+    """Trainer with three changes: it stops before a step whose loss is NaN/inf changes the weights, its
+    validation loss is the token-weighted mean over the whole set, and a Sparse-GIN model's checkpoints hold
+    its adapter only.
+
+    The loss check runs after backward and before the optimizer step, so the weights (and every checkpoint)
+    stay those of the last good step; all processes agree on the verdict, so none is left waiting. Trainer's own
+    evaluation averages per-batch means, which depends on the eval batch size and the number of processes;
+    summing token losses and token counts does not, and its exp() is the perplexity. Trainer saves a module that
+    is no PreTrainedModel as its whole state dict, which would copy the frozen base into every checkpoint (and
+    fails on tied embeddings); peft models already save their adapter alone.
+    """
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        bad = (~torch.isfinite(loss)).to(torch.float32).reshape(1)
+        if self.args.world_size > 1:
+            bad = self.accelerator.gather(bad)
+        if bad.any():
+            raise _NonFiniteLoss(self.state.global_step + 1, loss.item())
+        return loss
+
+    def evaluation_loop(
+        self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
+    ):
+        model = self._wrap_model(self.model, training=False, dataloader=dataloader)
+        model.eval()
+        total_nll, total_tokens, num_samples = 0.0, 0, 0
+        for inputs in dataloader:
+            inputs = self._prepare_inputs(inputs)
+            with torch.no_grad(), self.compute_loss_context_manager():
+                logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+            nll, tokens = token_nll(logits, inputs["labels"])
+            # gather_for_metrics drops the examples repeated to give every process a full last batch.
+            nll, tokens = self.accelerator.gather_for_metrics((nll, tokens))
+            total_nll += nll.sum().item()
+            total_tokens += int(tokens.sum().item())
+            num_samples += len(tokens)
+            self.control = self.callback_handler.on_prediction_step(self.args, self.state, self.control)
+        metrics = {f"{metric_key_prefix}_loss": total_nll / max(total_tokens, 1)}
+        return EvalLoopOutput(predictions=None, label_ids=None, metrics=metrics, num_samples=num_samples)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        if not isinstance(model, SparseGINModel):
+            return super()._save(output_dir, state_dict)
+        if self.args.should_save:
+            output_dir = output_dir or self.args.output_dir
+            model.save_pretrained(output_dir)
+            self.processing_class.save_pretrained(output_dir)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        model = self.accelerator.unwrap_model(model or self.model, keep_torch_compile=False)
+        if not isinstance(model, SparseGINModel):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        weights = Path(resume_from_checkpoint) / WEIGHTS_NAME
+        if not weights.is_file():
+            raise FileNotFoundError(f"cannot resume: {weights} is missing (not a Sparse-GIN checkpoint)")
+        model.load_adapter_state_dict(load_file(str(weights)))
+
+
+def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per example: the summed next-token cross-entropy and the number of tokens scored (labels != -100)."""
+    targets = labels[:, 1:]  # (B, T-1): token t+1 is predicted at position t
+    nll = F.cross_entropy(
+        logits[:, :-1].float().transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none"
+    )  # (B, T-1)
+    return nll.sum(dim=1), (targets != IGNORE_INDEX).sum(dim=1)
+
+
+def check_run_dir(settings: RunSettings, resume: bool, overwrite: bool) -> str | None:
+    """Check the run directory against the flags without changing it; return the checkpoint to resume from."""
+    run_dir = settings.run_dir
+    if resume:
+        checkpoint = get_last_checkpoint(run_dir) if run_dir.is_dir() else None
+        if checkpoint is None:
+            raise FileNotFoundError(f"cannot resume: no checkpoint-N directory in {run_dir}")
+        _check_resumable(settings, run_dir / CONFIG_FILE)
+        return checkpoint
+    if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
+        raise FileExistsError(
+            f"run directory {run_dir} already exists; pass --resume to continue it, --overwrite to replace it, "
+            f"or choose another training.run_name"
+        )
+    return None
+
+
+def create_run_dir(settings: RunSettings, checkpoint: str | None, overwrite: bool) -> None:
+    """(Re)create the run directory and write config.yaml; on resume, trim metrics.jsonl to the checkpoint."""
+    run_dir = settings.run_dir
+    if overwrite and run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_run_settings(settings, run_dir / CONFIG_FILE)
+    if checkpoint is not None:
+        _truncate_metrics(run_dir / METRICS_FILE, int(Path(checkpoint).name.rsplit("-", 1)[1]))
+
+
+def changed_settings(
+    saved: dict[str, Any], wanted: dict[str, dict[str, Any]], sections: Sequence[str], missing_ok: bool = False
+) -> list[str]:
+    """The `section.key`s whose value in `wanted` differs from the `saved` config (a parsed config.yaml); with
+    `missing_ok`, a key the saved config lacks (written before the key existed) counts as unchanged."""
+    return [
+        f"{section}.{key}"
+        for section in sections
+        for key, value in wanted[section].items()
+        if (saved.get(section) or {}).get(key, value if missing_ok else None) != value
+    ]
+
+
+def read_saved_config(run_dir: Path) -> dict[str, Any]:
+    return yaml.safe_load((run_dir / CONFIG_FILE).read_text()) or {}
+
+
+def _check_resumable(settings: RunSettings, saved_config: Path) -> None:
+    """A resumed run may change how it trains (e.g. more steps), not what it trains or on which data."""
+    if not saved_config.is_file():
+        return
+    saved = read_saved_config(saved_config.parent)
+    changed = changed_settings(saved, settings.to_dict(), ("model", "data"), missing_ok=True)
+    if changed:
+        raise ConfigError(
+            f"cannot resume {saved_config.parent}: {', '.join(changed)} differ from its {CONFIG_FILE}; "
+            "a resumed run must keep its model and data settings"
+        )
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop the metrics an interrupted run logged after `step` (they will be logged again), keep its history of
+    stops and resumes, and note this resume."""
+    kept = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            event = json.loads(line) if line else None
+            if event and (event["step"] <= step or event["event"] in ("stopped", "resume")):
+                kept.append(line)
+    kept.append(json.dumps({"event": "resume", "step": step, "epoch": None}))
+    path.write_text("\n".join(kept) + "\n")
+
+
+def barrier() -> None:
+    """Wait until every process gets here; nothing to wait for in a single process."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()

@@ -1,0 +1,18 @@
+"""Tasks: where a run's examples come from and what is measured on them (the interface is in `base.py`).
+
+    protein   the paper's secondary-structure task, trained from scratch
+    text      any corpus, for language modelling from scratch or on top of a pretrained model
+    gsm8k     grade-school maths word problems, fine-tuning a pretrained model
+    folio     first-order-logic reasoning (True / False / Uncertain), fine-tuning a pretrained model
+
+A run config picks one with `data.task`; the rest of its `data` section is that task's settings class.
+"""
+
+from ginformer.tasks.base import Column, Generation, HeldOut, Losses, Scores, Splits, Task
+from ginformer.tasks.instruct import FolioTask, GSM8KTask
+from ginformer.tasks.protein import ProteinTask
+from ginformer.tasks.text import TextTask
+
+TASKS: dict[str, type[Task]] = {task.name: task for task in (ProteinTask, TextTask, GSM8KTask, FolioTask)}
+
+__all__ = ["TASKS", "Column", "Generation", "HeldOut", "Losses", "Scores", "Splits", "Task"]
