@@ -152,3 +152,21 @@ def test_inspection_adjacency_matches_naive(option):
             scores = query[b, h] @ key[b, h].T * layer.scaling
             torch.testing.assert_close(adjacency[b, h], naive_adjacency(scores, config, layer), atol=1e-6, rtol=1e-6)
     assert (adjacency.triu(1) == 0).all()
+
+
+@pytest.mark.parametrize("kind, options", [("gin", {}), ("gin", {"adjacency_activation": "sigmoid"}), ("pna", {})])
+def test_attention_dropout_drops_edges_in_training_only(kind, options):
+    """attention_dropout acts on the attention weights (SDPA's dropout on the fast path, the dense adjacency
+    otherwise) while training, and never in eval mode: there the model equals the same weights without it."""
+    torch.manual_seed(0)
+    dropped = GinformerForCausalLM(tiny_config(kind, attention_dropout=0.5, **options))
+    plain = GinformerForCausalLM(tiny_config(kind, **options))
+    plain.load_state_dict(dropped.state_dict())
+    ids = torch.randint(0, 37, (2, 12))
+    dropped.eval(), plain.eval()
+    torch.testing.assert_close(dropped(ids).logits, plain(ids).logits)
+    dropped.train(), plain.train()
+    first, second = dropped(ids).logits, dropped(ids).logits
+    assert not torch.allclose(first, second)  # a fresh mask each call
+    assert not torch.allclose(first, plain(ids).logits)
+    torch.testing.assert_close(plain(ids).logits, plain(ids).logits)  # without dropout, training mode is exact

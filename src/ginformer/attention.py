@@ -136,9 +136,14 @@ class GraphAttention(LlamaAttention):
             self.per_head(key),
             self.per_head(nodes),
             attn_mask=mask,
+            dropout_p=self.attention_dropout if self.training else 0.0,
             is_causal=is_causal,
             scale=self.scaling,
         )
+
+    def drop_edges(self, adjacency: torch.Tensor) -> torch.Tensor:
+        """Attention dropout on a dense adjacency during training, as Llama drops attention weights."""
+        return F.dropout(adjacency, self.attention_dropout, self.training) if self.attention_dropout else adjacency
 
     def aggregate(self, query, key, nodes, attention_mask, graph_adjacency):
         raise NotImplementedError
@@ -172,7 +177,8 @@ class GINAttention(GraphAttention):
         x_self = self.per_head(nodes[..., -t_q:, :])  # (B, H, T_q, D)
         if not self.uses_fast_path:
             adjacency = self.dense_adjacency(query, key, attention_mask, graph_adjacency)  # (B, H, T_q, T_k)
-            return self.mlp(gin_aggregate(x_self, self.per_head(nodes), adjacency, self.self_weight)), adjacency
+            messages = gin_aggregate(x_self, self.per_head(nodes), self.drop_edges(adjacency), self.self_weight)
+            return self.mlp(messages), adjacency
         neighbours = self.softmax_messages(query, key, nodes, attention_mask, self.sharpening.to(query.dtype))  # (B, H, T_q, D)
         if graph_adjacency is not None:
             allowed = allowed_edges(attention_mask, t_q, key.shape[-2], query.device)
@@ -209,7 +215,8 @@ class PNAAttention(GraphAttention):
         config = self.config
         adjacency = self.dense_adjacency(query, key, attention_mask, graph_adjacency)  # (B, H, T_q, T_k)
         features = pna_aggregate(
-            self.per_head(nodes), adjacency, config.pna_aggregators, config.pna_scalers, config.pna_degree_delta
+            self.per_head(nodes), self.drop_edges(adjacency), config.pna_aggregators, config.pna_scalers,
+            config.pna_degree_delta,
         )  # (B, H, T_q, S·G·D)
         standard = self.softmax_messages(query, key, nodes, attention_mask, 1.0)  # (B, H, T_q, D)
         blend = self.blend.to(query.dtype)
