@@ -16,6 +16,16 @@ from ginformer.data.instruct import PAPER_END  # noqa: E402
 LAYERS = 2  # of the tiny base model
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from a second thread, and on a busy machine OpenMP threads stall each other:
+    modules that train set `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def task_files(tmp_path_factory):
     """Short GSM8K- and FOLIO-format files, so tiny runs are fast and any file in the format is exercised."""

@@ -31,13 +31,7 @@ from conftest import LAYERS  # noqa: E402  (the tiny base's, built in conftest.p
 D_GNN = 9  # on the tiny base, 2 × 67 × (9 + 1) = 1,340 Sparse-GIN parameters; LoRA r=3 on q/k/v/o has 1,344
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from a second thread, and on a busy machine OpenMP threads stall each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(tmp_path, base_dir, task_files, *overrides, task="gsm8k"):

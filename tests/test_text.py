@@ -23,12 +23,7 @@ LINES = ["To be, or not to be, that is the question:", "Whether 'tis nobler in t
          "The slings and arrows of outrageous fortune,", "Or to take arms against a sea of troubles"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

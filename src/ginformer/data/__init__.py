@@ -1,2 +1,10 @@
-"""Task data: the protein secondary-structure set and its tokenizer (`protein`, `tokenizer`), and the
-instruction sets for fine-tuning (`instruct`). Import the submodule you need; nothing is loaded here."""
+"""Reading and tokenising data, for the tasks in `ginformer.tasks`. Import the submodule you need; nothing is
+loaded here.
+
+    rows.py       what every reader shares: bundled files, one JSONL reader, bad-row reports, hub loading
+    protein.py    the protein secondary-structure set: rows, labels, split, majority baseline
+    text.py       any text corpus: documents, position or document split, token ids memory-mapped, packed blocks
+    instruct.py   instruction rows (GSM8K, FOLIO): templates, prompt/completion tokens, answer extraction
+    tokenizer.py  the protein tokenizer, and the char and byte tokenizers of the text task
+    batches.py    training examples' labels and the one collator
+"""

@@ -194,7 +194,7 @@ def format_evaluation(result: Evaluation, columns: Sequence[Column]) -> str:
     held_out = "held-out" if result.trained_on == 0 else f"{result.trained_on} of them in the training split"
     lines = [
         f"run   {result.run} ({result.model}, {result.parameters:,} trainable parameters)",
-        f"data  {result.task} {result.data}: {result.examples} rows ({held_out})",
+        f"data  {result.task} {result.data}: {result.examples} examples ({held_out})",
         "",
         f"{'':<16}{'model':>10}{'baseline':>10}",
         f"{'loss':<16}{result.loss:>10.4f}{math.log(result.unigram_perplexity):>10.4f}   unigram",
