@@ -14,6 +14,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from ginformer.data.instruct import PAPER_END  # noqa: E402
 
 LAYERS = 2  # of the tiny base model
+# A ChatML-like chat template for the tiny base, its end-of-turn marker the tokenizer's end token.
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}</s>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +62,7 @@ def base_dir(tmp_path_factory, task_files):
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tk.train_from_iterator([*texts, f"### User: ### Assistant: {PAPER_END}"] * 2, trainer)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>")
+    tokenizer.chat_template = CHAT_TEMPLATE
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=LAYERS,

@@ -1,10 +1,13 @@
-"""Instruction data: loaders, grouped split, paper/chat formatting, label masks, collator, answer extraction."""
+"""Instruction data (data/instruct.py) in TRL's shapes: reading text, prompt/completion (plain and conversational)
+and messages rows with mapped columns; bad rows and mixed formats named; the paper and chat templates; labels on
+exactly the trained assistant turns; the generation prompt as the training prefix; long rows dropped or cut from
+the left; the collator."""
 
-import hashlib
 import json
 import warnings
-from collections import Counter
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -12,26 +15,26 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from ginformer.data.batches import IGNORE_INDEX, CausalLMCollator
 from ginformer.data.instruct import (
-    BUNDLED,
-    PAPER_END,
     InstructExample,
+    Message,
+    conversation,
     encode_generation_prompt,
-    encode_prompt,
-    extract_label,
-    folio_user_text,
-    format_example,
-    gsm8k_extract_flexible,
-    gsm8k_extract_strict,
-    load_folio,
-    load_gsm8k,
-    majority_baseline,
-    normalize_number,
-    split_examples,
+    load_instruct,
+    segments,
     tokenize_example,
+    truncate_left,
 )
-from ginformer.data.rows import bundled_path
+from ginformer.data.reasoning import load_folio, load_gsm8k
 from ginformer.pretrained import load_base_tokenizer
-from ginformer.tasks.instruct import GSM8KTask, InstructSettings
+from ginformer.tasks.instruct import GSM8KTask, InstructSettings, InstructTask
+
+MULTI_TURN = [
+    {"role": "system", "content": "You are terse."},
+    {"role": "user", "content": "What is 2 + 2?"},
+    {"role": "assistant", "content": "4."},
+    {"role": "user", "content": "And times 3?"},
+    {"role": "assistant", "content": "12, since 4 × 3 = 12."},
+]
 
 
 @pytest.fixture(scope="module")
@@ -63,262 +66,182 @@ def bos_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>")
 
 
-def _raw_rows(path):
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def _write_jsonl(path, lines):
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+def write_jsonl(path, rows):
+    path.write_text("".join((row if isinstance(row, str) else json.dumps(row)) + "\n" for row in rows),
+                    encoding="utf-8")
     return path
 
 
-# ------------------------------------------------------------------------------------------------ bundled files
+def trained_runs(feature, tokenizer) -> list[str]:
+    """The decoded runs of consecutive tokens that carry the loss."""
+    runs, current = [], []
+    for token, label in zip(feature["input_ids"], feature["labels"]):
+        if label != IGNORE_INDEX:
+            assert label == token
+            current.append(token)
+        elif current:
+            runs.append(current)
+            current = []
+    return [tokenizer.decode(run) for run in runs + ([current] if current else [])]
 
 
-@pytest.mark.parametrize(
-    "name, sha256",
-    [
-        ("gsm8k", "17f347dc51477c50d4efb83959dbb7c56297aba886e5544ee2aaed3024813465"),
-        ("folio", "008d34b750d31fa7f014e953228adf4db81ec34bbda9e7f67c96c60438d1e6b2"),
-    ],
-)
-def test_bundled_files_are_the_documented_upstream_files(name, sha256):
-    path = bundled_path(BUNDLED[name])
-    assert hashlib.sha256(path.read_bytes()).hexdigest() == sha256
-    assert (path.parent / "SOURCE.md").is_file() and (path.parent / "LICENSE").is_file()
+# ------------------------------------------------------------------------------------------------ reading
 
 
-def test_gsm8k_loader_keeps_every_bundled_row_with_its_final_answer(gsm8k):
-    raw = _raw_rows(bundled_path(BUNDLED["gsm8k"]))
-    assert len(gsm8k) == len(raw) == 7473
-    for example, row in zip(gsm8k, raw):
-        assert example.user == row["question"].strip() and example.answer == row["answer"].strip()
-        # oracle: the text after the last "#### " with thousands commas dropped
-        assert example.reference == row["answer"].rsplit("#### ", 1)[1].strip().replace(",", "")
-    assert [e.line for e in gsm8k] == list(range(1, len(raw) + 1))
-
-
-def test_folio_loader_maps_unknown_to_uncertain_and_builds_the_user_turn(folio):
-    raw = _raw_rows(bundled_path(BUNDLED["folio"]))
-    assert len(folio) == len(raw)
-    raw_labels = Counter(r["label"] for r in raw)
-    assert Counter(e.reference for e in folio) == {
-        "True": raw_labels["True"],
-        "False": raw_labels["False"],
-        "Uncertain": raw_labels["Unknown"],
+def test_every_shape_is_read_with_its_loss_and_auto_says_which(tmp_path):
+    rows = {
+        "text": [{"text": "Once upon a time.", "id": 1}],
+        "prompt_completion": [{"prompt": "2 + 2?", "completion": "4", "source": "x"}],
+        "messages": [{"messages": MULTI_TURN}],
     }
-    first = folio[0]
-    lines = first.user.split("\n")
-    assert lines[: len(raw[0]["premises"])] == [p.strip() for p in raw[0]["premises"]]
-    assert lines[-2:] == [f"Conclusion: {raw[0]['conclusion']}", "True, False, or Uncertain?"]
-    assert first.answer == first.reference == raw[0]["label"]
+    for shape, data in rows.items():
+        loaded = load_instruct(write_jsonl(tmp_path / f"{shape}.jsonl", data))
+        assert loaded.format == shape and len(loaded.examples) == 1
+        assert loaded.conversational == (shape == "messages")
+    text = load_instruct(tmp_path / "text.jsonl").examples[0]
+    assert (text.text, text.messages) == ("Once upon a time.", ())
+    plain = load_instruct(tmp_path / "prompt_completion.jsonl").examples[0]
+    assert plain == conversation("2 + 2?", "4", group="2 + 2?", where="line 1")
+    chat = load_instruct(tmp_path / "messages.jsonl").examples[0]
+    assert [m.trained for m in chat.messages] == [False, False, True, False, True]
+    assert chat.answer == MULTI_TURN[-1]["content"] and len(chat.prompt) == 4
 
 
-def test_folio_groups_merge_stories_that_share_a_premise(folio):
-    raw = _raw_rows(bundled_path(BUNDLED["folio"]))
-    group_of_story = {}
-    for example, row in zip(folio, raw):
-        group_of_story.setdefault(row["story_id"], set()).add(example.group)
-    assert all(len(groups) == 1 for groups in group_of_story.values())  # a story never spans two groups
-    stories_of_premise = {}
-    for row in raw:
-        for premise in row["premises"]:
-            stories_of_premise.setdefault(premise.strip(), set()).add(row["story_id"])
-    shared = [stories for stories in stories_of_premise.values() if len(stories) > 1]
-    assert shared, "the bundled file has stories sharing premises; this test needs one"
-    for stories in shared:
-        assert len({next(iter(group_of_story[s])) for s in stories}) == 1
+def test_conversational_prompt_completion_trains_the_completion_only(tmp_path):
+    row = {"prompt": MULTI_TURN[:4], "completion": [MULTI_TURN[4]]}
+    loaded = load_instruct(write_jsonl(tmp_path / "pc.jsonl", [row]))
+    assert loaded.conversational and loaded.format == "prompt_completion"
+    (example,) = loaded.examples
+    assert [m.trained for m in example.messages] == [False, False, False, False, True]  # the prompt's "4." is not
 
 
-# ------------------------------------------------------------------------------------------------ bad rows
+def test_columns_map_other_names_and_json_and_parquet_files_read_alike(tmp_path):
+    rows = [{"question": f"q{i}?", "answer": f"a{i}"} for i in range(3)]
+    (tmp_path / "rows.json").write_text(json.dumps(rows))
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "rows.parquet")
+    columns = {"prompt": "question", "completion": "answer"}
+    read = [load_instruct(tmp_path / name, columns=columns).examples for name in ("rows.json", "rows.parquet")]
+    assert read[0] == read[1] and [e.answer for e in read[0]] == ["a0", "a1", "a2"]
+    assert read[0][2].where == "row 2"
+    with pytest.raises(ValueError, match="no row has the columns of a format.*data.columns"):
+        load_instruct(tmp_path / "rows.json")
 
 
-GOOD_GSM8K = json.dumps({"question": "What is 2 + 3?", "answer": "2 + 3 = 5\n#### 5"})
-
-
-def test_gsm8k_bad_rows_are_reported_by_line_and_skipped(tmp_path):
-    path = _write_jsonl(
-        tmp_path / "g.jsonl",
-        [
-            GOOD_GSM8K,
-            json.dumps({"question": "No answer key"}),  # line 2
-            json.dumps({"question": "   ", "answer": "#### 1"}),  # line 3: empty question
-            json.dumps({"question": "Q?", "answer": "the answer is 4"}),  # line 4: no ####
-            "{not json",  # line 5
-            "",  # blank: not a row
-            json.dumps(["a", "list"]),  # line 7
-            json.dumps({"question": "Q2?", "answer": "so\n#### 1,250"}),
-        ],
-    )
-    with pytest.warns(UserWarning) as record:
-        examples = load_gsm8k(path)
-    message = str(record[0].message)
-    assert "5 bad row(s)" in message
-    for line, why in [(2, "missing key 'answer'"), (3, "'question' is empty"), (4, "####"), (5, "JSON"), (7, "list")]:
-        assert f"line {line}: " in message and why in message
-    assert [(e.line, e.reference) for e in examples] == [(1, "5"), (8, "1250")]
-
-
-def test_bad_rows_raise_in_error_mode(tmp_path):
-    path = _write_jsonl(tmp_path / "g.jsonl", [GOOD_GSM8K, json.dumps({"question": "Q?", "answer": "#### x"})])
-    with pytest.raises(ValueError, match=r"line 2: answer has no final"):
-        load_gsm8k(path, on_bad_row="error")
-    with pytest.raises(ValueError, match="on_bad_row"):
-        load_gsm8k(path, on_bad_row="ignore")
-
-
-def test_folio_bad_rows(tmp_path):
-    good = {"story_id": 1, "premises": ["All cats purr.", "Tom is a cat."], "conclusion": "Tom purrs.", "label": "True"}
-    rows = [
+def test_bad_rows_are_named_by_line_and_field(tmp_path):
+    good = {"messages": MULTI_TURN}
+    path = write_jsonl(tmp_path / "chat.jsonl", [
         good,
-        {**good, "label": "Maybe"},
-        {**good, "premises": []},
-        {**good, "premises": ["  ", ""]},
-        {k: v for k, v in good.items() if k != "story_id"},
-        {**good, "conclusion": ""},
-        {**good, "premises": 7},
-        {**good, "label": "unknown", "story_id": 2},
-    ]
-    path = _write_jsonl(tmp_path / "f.jsonl", [json.dumps(r) for r in rows])
+        {"messages": MULTI_TURN[:4]},  # line 2: ends with the user
+        {"messages": [MULTI_TURN[1]]},  # line 3: no assistant turn
+        {"messages": [{"role": "bot", "content": "hi"}, MULTI_TURN[2]]},  # line 4
+        {"messages": [MULTI_TURN[1], {"role": "assistant", "content": " "}]},  # line 5: empty content
+        "{oops",  # line 6
+        {"messages": [MULTI_TURN[2], MULTI_TURN[1], MULTI_TURN[2]]},  # line 7: starts with the assistant
+    ])
     with pytest.raises(ValueError) as err:
-        load_folio(path, on_bad_row="error")
-    for line, why in [(2, "'Maybe' is not one of"), (3, "empty"), (4, "empty"), (5, "story_id"), (6, "conclusion")]:
-        assert f"line {line}: " in str(err.value) and why in str(err.value)
-    assert "and 1 more" in str(err.value)  # six bad rows, five spelled out
-    with pytest.warns(UserWarning, match="6 bad row"):
-        examples = load_folio(path)
-    assert [(e.line, e.reference) for e in examples] == [(1, "True"), (8, "Uncertain")]
+        load_instruct(path, on_bad_row="error")
+    message = str(err.value)
+    for where, why in [("line 2", "ends with a user message, not the assistant's"),
+                       ("line 3", "has no assistant turn"), ("line 4", "role 'bot' is not one of"),
+                       ("line 5", "'messages[1].content' is empty"), ("line 6", "not valid JSON")]:
+        assert f"{where}: " in message and why in message
+    assert "6 bad row(s)" in message and "and 1 more" in message
+    with pytest.warns(UserWarning, match="skipped .*chat.jsonl: 6 bad row"):
+        assert len(load_instruct(path).examples) == 1
 
 
-def test_a_file_with_no_usable_row_is_an_error(tmp_path):
-    path = _write_jsonl(tmp_path / "g.jsonl", [json.dumps({"question": "Q?"})])
-    with pytest.raises(ValueError, match="no usable rows"), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        load_gsm8k(path)
+def test_a_file_that_mixes_formats_names_the_rows_that_disagree(tmp_path):
+    path = write_jsonl(tmp_path / "mixed.jsonl", [{"prompt": "p", "completion": "c"}, {"prompt": "p2", "completion": "c"},
+                                                   {"messages": MULTI_TURN}])
+    with pytest.raises(ValueError, match=r"rows disagree on the format \(line 1 is prompt_completion, line 3 is "
+                                         r"messages\)"):
+        load_instruct(path)
+    with pytest.warns(UserWarning, match="line 3: missing 'prompt'"):  # told the format, the odd row is a bad row
+        assert len(load_instruct(path, format="prompt_completion").examples) == 2
 
 
-def test_missing_files_and_hub_ids(tmp_path, monkeypatch):
+def test_undecodable_and_missing_files(tmp_path):
+    (tmp_path / "latin1.jsonl").write_bytes('{"text": "caf\u00e9"}\n'.encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin1.jsonl: line 1, column \d+: not UTF-8"):
+        load_instruct(tmp_path / "latin1.jsonl")
     with pytest.raises(FileNotFoundError, match="nope.jsonl"):
-        load_gsm8k(tmp_path / "nope.jsonl")
-    with pytest.raises(FileNotFoundError, match="not a hub id"):
-        load_folio(str(tmp_path / "some" / "dir"))
-
-    import datasets
-
-    calls = []
-
-    def fake_load_dataset(name, config, split):
-        calls.append((name, config, split))
-        if name == "someone/offline":
-            raise ConnectionError("no network")
-        return [{"story_id": 9, "premises": "A is B.\nB is C.", "conclusion": "A is C.", "label": "Uncertain"}]
-
-    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    (example,) = load_folio("yale-nlp/FOLIO", hub_config=None, hub_split="validation")
-    assert calls == [("yale-nlp/FOLIO", None, "validation")]
-    assert example.user.split("\n") == ["A is B.", "B is C.", "Conclusion: A is C.", "True, False, or Uncertain?"]
-    with pytest.raises(ValueError, match="'someone/offline'.*ConnectionError"):
-        load_gsm8k("someone/offline")
+        load_instruct(tmp_path / "nope.jsonl")
+    (tmp_path / "rows.csv").write_text("prompt,completion\n")
+    with pytest.raises(ValueError, match="rows.csv: unsupported source; expected a file ending in .jsonl, .json"):
+        load_instruct(tmp_path / "rows.csv")
 
 
-# ------------------------------------------------------------------------------------------------ split
+# ------------------------------------------------------------------------------------------------ templates
 
 
-def test_split_is_deterministic_disjoint_and_about_ten_percent(gsm8k):
-    train, val = split_examples(gsm8k)
-    again_train, again_val = split_examples(list(gsm8k))
-    assert [e.line for e in val] == [e.line for e in again_val] and len(train) == len(again_train)
-    assert {e.line for e in train}.isdisjoint(e.line for e in val)
-    assert sorted(e.line for e in train + val) == [e.line for e in gsm8k]
-    assert len(val) == round(0.1 * len(gsm8k))  # groups of one row: the target is hit exactly
-    assert [e.line for e in val] == sorted(e.line for e in val)  # source order kept
-    _, other_val = split_examples(gsm8k, seed=7)
-    assert {e.line for e in other_val} != {e.line for e in val}
+def test_the_paper_template_is_the_papers_format(gsm8k):
+    example = gsm8k[0]
+    parts = segments(example, "paper", None)
+    question = example.prompt[-1].content
+    assert parts == [(f"### User: {question}<|eot_id|>### Assistant:", False), (f" {example.answer}<|eot_id|>", True)]
+    chat = InstructExample(tuple(Message(m["role"], m["content"], m["role"] == "assistant") for m in MULTI_TURN))
+    assert "".join(text for text, _ in segments(chat, "paper", None)) == (
+        "### System: You are terse.<|eot_id|>### User: What is 2 + 2?<|eot_id|>### Assistant: 4.<|eot_id|>"
+        "### User: And times 3?<|eot_id|>### Assistant: 12, since 4 × 3 = 12.<|eot_id|>"
+    )
 
 
-def test_folio_split_keeps_stories_and_premises_on_one_side(folio):
-    train, val = split_examples(folio)
-    assert {e.group for e in train}.isdisjoint(e.group for e in val)
-    premises = lambda examples: {p for e in examples for p in e.user.split("\n")[:-2]}  # noqa: E731
-    assert premises(train).isdisjoint(premises(val))
-    assert 0.09 <= len(val) / len(folio) <= 0.12
+@pytest.mark.parametrize("template, end", [("chat", "<|im_end|>"), ("paper", "<|eot_id|>")])
+def test_a_multi_turn_conversation_trains_exactly_its_assistant_turns(tmp_path, smol_tokenizer, template, end):
+    """Decoding the tokens that carry the loss gives the two assistant turns with their end markers, and nothing
+    else: not the system prompt, the user turns, the template's headers or the newline after a marker."""
+    (example,) = load_instruct(write_jsonl(tmp_path / "chat.jsonl", [{"messages": MULTI_TURN}])).examples
+    feature = tokenize_example(example, smol_tokenizer, template)
+    space = " " if template == "paper" else ""
+    assert trained_runs(feature, smol_tokenizer) == [f"{space}4.{end}", f"{space}12, since 4 × 3 = 12.{end}"]
+    whole = "".join(text for text, _ in segments(example, template, smol_tokenizer))
+    assert smol_tokenizer.decode(feature["input_ids"]) == whole
+    if template == "chat":
+        assert whole == smol_tokenizer.apply_chat_template(MULTI_TURN, tokenize=False)
 
 
-def test_split_edge_cases():
-    examples = [InstructExample(f"q{i}", "a", "1", f"g{i // 3}", i + 1) for i in range(9)]  # 3 groups of 3
-    train, val = split_examples(examples, val_fraction=0.0)
-    assert len(train) == 9 and val == []
-    train, val = split_examples(examples, val_fraction=0.9)
-    assert len({e.group for e in train}) == 1  # never all groups to validation
-    _, val = split_examples(examples, val_fraction=0.05)
-    assert len(val) == 3  # at least one whole group
-    with pytest.raises(ValueError, match="val_fraction"):
-        split_examples(examples, val_fraction=1.0)
+def test_the_chat_template_needs_a_tokenizer_with_one(gsm8k, bos_tokenizer):
+    with pytest.raises(ValueError, match="has no chat template; use data.template=paper"):
+        tokenize_example(gsm8k[0], bos_tokenizer, "chat")
 
 
-# ------------------------------------------------------------------------------------------------ formatting
-
-
-def test_paper_template_is_the_papers_format(gsm8k, folio):
-    for example in (gsm8k[0], folio[0]):
-        prompt, completion = format_example(example, "paper")
-        assert prompt + completion == f"### User: {example.user}<|eot_id|>### Assistant: {example.answer}<|eot_id|>"
-        assert prompt.endswith("### Assistant:")
-    assert folio_user_text(["P1.", "P2."], "C.") == "P1.\nP2.\nConclusion: C.\nTrue, False, or Uncertain?"
-
-
-def test_chat_template_needs_a_tokenizer_with_one(gsm8k, bos_tokenizer, smol_tokenizer):
-    with pytest.raises(ValueError, match="chat template"):
-        format_example(gsm8k[0], "chat", bos_tokenizer)
-    with pytest.raises(ValueError, match="template must be"):
-        format_example(gsm8k[0], "llama")
-    prompt, completion = format_example(gsm8k[0], "chat", smol_tokenizer)
-    assert prompt.endswith("<|im_start|>assistant\n") and gsm8k[0].user in prompt
-    assert completion.startswith(gsm8k[0].answer) and "<|im_end|>" in completion
-
-
-@pytest.mark.parametrize("template", ["paper", "chat"])
-def test_labels_cover_exactly_the_assistant_tokens(template, gsm8k, folio, smol_tokenizer):
-    for example in (gsm8k[0], gsm8k[123], folio[0], folio[500]):
-        feature = tokenize_example(example, smol_tokenizer, template)
-        ids, labels = feature["input_ids"], feature["labels"]
-        assert len(ids) == len(labels) == len(feature["attention_mask"]) and all(feature["attention_mask"])
-        start = next(i for i, label in enumerate(labels) if label != IGNORE_INDEX)
-        assert all(label == IGNORE_INDEX for label in labels[:start])  # the prompt: no loss
-        assert labels[start:] == ids[start:]  # the completion: every token, up to the end
-        prompt, completion = format_example(example, template, smol_tokenizer)
-        answer_text = smol_tokenizer.decode(ids[start:])
-        assert answer_text == completion
-        end = PAPER_END if template == "paper" else "<|im_end|>"
-        assert answer_text.strip().startswith(example.answer) and end in answer_text[len(example.answer) :]
-        assert smol_tokenizer.decode(ids[:start]) == prompt
+def test_a_text_row_trains_every_token_and_its_end(smol_tokenizer):
+    feature = tokenize_example(InstructExample((), text="Hello there."), smol_tokenizer, "chat")
+    assert feature["labels"] == feature["input_ids"]
+    assert smol_tokenizer.decode(feature["input_ids"]) == "Hello there." + smol_tokenizer.eos_token
 
 
 def test_bos_is_added_only_where_the_tokenizer_adds_it(gsm8k, bos_tokenizer, smol_tokenizer):
     feature = tokenize_example(gsm8k[0], bos_tokenizer)
     assert feature["input_ids"][0] == bos_tokenizer.bos_token_id
     assert feature["input_ids"].count(bos_tokenizer.bos_token_id) == 1
-    assert bos_tokenizer.decode(feature["input_ids"][1:]) == "".join(format_example(gsm8k[0]))
+    assert bos_tokenizer.decode(feature["input_ids"][1:]) == "".join(t for t, _ in segments(gsm8k[0], "paper", None))
     smol = tokenize_example(gsm8k[0], smol_tokenizer)
     assert smol["input_ids"][0] != smol_tokenizer.bos_token_id  # SmolLM2 adds none by itself
 
 
-def test_generation_prompts_are_the_training_prefix(folio, smol_tokenizer):
-    for template in ("paper", "chat"):
-        ids = encode_generation_prompt(folio[3], smol_tokenizer, template)
-        feature = tokenize_example(folio[3], smol_tokenizer, template)
+@pytest.mark.parametrize("template", ["paper", "chat"])
+def test_generation_prompts_are_the_training_prefix(folio, smol_tokenizer, template):
+    chat = InstructExample(tuple(Message(m["role"], m["content"], m["role"] == "assistant") for m in MULTI_TURN))
+    for example in (folio[3], chat):
+        ids = encode_generation_prompt(example, smol_tokenizer, template)
+        feature = tokenize_example(example, smol_tokenizer, template)
         n = len(ids)
         assert feature["input_ids"][:n] == ids
-        assert all(label == IGNORE_INDEX for label in feature["labels"][:n]) and feature["labels"][n] != IGNORE_INDEX
-        prompt = format_example(folio[3], template, smol_tokenizer)[0]
-        assert encode_prompt(prompt, smol_tokenizer, template) == ids
+        assert feature["labels"][n - 1] == IGNORE_INDEX
+        rest = {key: values[n:] for key, values in feature.items()}  # the last answer starts right there
+        space, end = (" ", "<|eot_id|>") if template == "paper" else ("", "<|im_end|>")
+        assert trained_runs(rest, smol_tokenizer)[0] == f"{space}{example.answer}{end}"
 
 
-def test_too_long_rows_are_dropped_never_cut_with_a_count(gsm8k, bos_tokenizer):
+# ------------------------------------------------------------------------------------------------ length
+
+
+def test_too_long_rows_are_dropped_with_a_count(gsm8k, bos_tokenizer):
     examples = gsm8k[:20]
     lengths = [len(tokenize_example(e, bos_tokenizer)["input_ids"]) for e in examples]
     limit = sorted(lengths)[10]
-    task = GSM8KTask(InstructSettings(max_length=limit))
+    task = GSM8KTask(InstructSettings(task="gsm8k", max_length=limit))
     with pytest.warns(UserWarning, match=rf"dropped {sum(n > limit for n in lengths)} of 20 .*max_length={limit}"):
         kept, features = task.fit(examples, bos_tokenizer, limit=None)
     assert [len(f["input_ids"]) for f in features] == [n for n in lengths if n <= limit]
@@ -326,6 +249,21 @@ def test_too_long_rows_are_dropped_never_cut_with_a_count(gsm8k, bos_tokenizer):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert len(task.fit(examples, bos_tokenizer, limit=3)[1]) == 3  # the first 3 that fit
+
+
+def test_truncate_left_keeps_the_last_assistant_turn_whole(smol_tokenizer):
+    example = InstructExample(tuple(Message(m["role"], m["content"], m["role"] == "assistant") for m in MULTI_TURN))
+    feature = tokenize_example(example, smol_tokenizer, "chat")
+    last_turn = len(smol_tokenizer("12, since 4 × 3 = 12.<|im_end|>", add_special_tokens=False)["input_ids"])
+    tail = 1  # the newline after the last <|im_end|>
+    cut = truncate_left(feature, last_turn + tail + 3)
+    assert cut["input_ids"] == feature["input_ids"][-(last_turn + tail + 3):]
+    assert trained_runs(cut, smol_tokenizer)[-1] == "12, since 4 × 3 = 12.<|im_end|>"
+    assert truncate_left(feature, last_turn + tail - 1) is None  # the answer itself would be cut
+    task = InstructTask(InstructSettings(source="x.jsonl", template="chat", max_length=last_turn + tail + 3,
+                                         truncate="left"))
+    kept, features = task.fit([example], smol_tokenizer, None)
+    assert features == [cut]
 
 
 # ------------------------------------------------------------------------------------------------ collator
@@ -375,67 +313,4 @@ def test_padded_batch_loss_equals_the_loss_of_the_unpadded_rows(gsm8k, bos_token
             count += int((targets != IGNORE_INDEX).sum())
     torch.testing.assert_close(batched, total / count, rtol=1e-4, atol=1e-5)
 
-
-# ------------------------------------------------------------------------------------------------ scoring
-
-
-@pytest.mark.parametrize(
-    "text, strict, flexible",
-    [
-        ("She pays 3 + 4 = <<3+4=7>>7.\n#### 7", "7", "7"),
-        ("#### 1,234", "1234", "1234"),
-        ("Total: $1,234.50.\n#### $1,234.50", "1234.5", "1234.5"),
-        ("#### -5", "-5", "-5"),
-        ("####42", "42", "42"),
-        ("#### 3.00<|eot_id|>", "3", "3"),
-        ("#### 0.50", "0.5", "0.5"),
-        ("The answer is 12.", None, "12"),
-        ("10-5 = 5 apples", None, "5"),
-        ("It drops to -3 degrees", None, "-3"),
-        ("from 1,000,000 to 2,500,000 people.", None, "2500000"),
-        ("#### 8\nThen 9 more", "8", "9"),
-        ("no numbers here", None, None),
-        ("#### many", None, None),
-    ],
-)
-def test_gsm8k_number_extraction(text, strict, flexible):
-    assert gsm8k_extract_strict(text) == strict
-    assert gsm8k_extract_flexible(text) == flexible
-
-
-def test_normalize_number():
-    assert normalize_number(" $2,000. ") == "2000"
-    assert normalize_number("-0.0") == "0"
-    assert normalize_number("007") == "7"
-    assert normalize_number(".25") == "0.25"
-    for bad in ("", "$", "abc", "nan", "inf", "1.2.3"):
-        assert normalize_number(bad) is None
-
-
-@pytest.mark.parametrize(
-    "text, label",
-    [
-        ("True<|eot_id|>", "True"),
-        (" false", "False"),
-        ("The conclusion is Uncertain.", "Uncertain"),
-        ("UNKNOWN", "Uncertain"),
-        ("Untrue? No: False, not True", "False"),
-        ("truely nothing", None),
-        ("", None),
-    ],
-)
-def test_extract_label(text, label):
-    assert extract_label(text) == label
-
-
-def test_majority_baseline(folio):
-    train, val = split_examples(folio)
-    label, accuracy = majority_baseline(train, val)
-    counts = Counter(e.reference for e in train)
-    assert counts[label] == max(counts.values())
-    assert accuracy == pytest.approx(sum(e.reference == label for e in val) / len(val))
-    tie = [InstructExample("q", x, x, str(i), i) for i, x in enumerate(["Uncertain", "False", "False", "Uncertain"])]
-    assert majority_baseline(tie, tie) == ("False", 0.5)  # tie broken by FOLIO_LABELS order
-    with pytest.raises(ValueError, match="non-empty"):
-        majority_baseline([], tie)
 

@@ -183,13 +183,15 @@ def test_bad_rows_are_skipped_and_reported_with_row_numbers(bad_file):
     message = str(caught[0].message)
     assert str(bad_file) in message and "7 bad row(s)" in message
     shown = [(i, why) for i, (_, _, why) in enumerate(ROWS) if why is not None][:5]
-    for row, why in shown:
-        assert f"row {row}: {why}" in message
+    for row, why in shown:  # JSONL rows are named by their line (from 1), table rows by their row (from 0)
+        assert (f"line {row + 1}: {why}" if bad_file.suffix == ".jsonl" else f"row {row}: {why}") in message
     assert "and 2 more" in message
+    assert ("(rows count from 0)" in message) == (bad_file.suffix != ".jsonl")
 
 
 def test_bad_rows_raise_in_error_mode(bad_file):
-    with pytest.raises(ValueError, match=r"7 bad row\(s\).*row 1: empty or missing Sequence.*row 2: letters \['J'\]"):
+    first, second = ("line 2", "line 3") if bad_file.suffix == ".jsonl" else ("row 1", "row 2")
+    with pytest.raises(ValueError, match=rf"7 bad row\(s\).*{first}: empty or missing Sequence.*{second}: letters"):
         load_protein_records(bad_file, max_length=None, on_bad_row="error")
 
 
@@ -235,7 +237,7 @@ def test_given_label_columns_are_used_and_checked(tmp_path):
         {"Sequence": "ACD", "Primary_SS_Type": "HELIX", "Secondary_SS_Type": "BS"},
     ]
     path = write_table(tmp_path / "labels.jsonl", rows)
-    with pytest.warns(UserWarning, match=r"row 1: Primary_SS_Type 'HELIX' is not one of"):
+    with pytest.warns(UserWarning, match=r"labels.jsonl: 1 bad row\(s\): line 2: Primary_SS_Type 'HELIX' is not one of"):
         (r,) = load_protein_records(path)
     assert (r.primary, r.secondary, r.structure) == ("T", "BEND", None)
     # With a structure too, the given labels still win (upstream's tie rule may differ from ours).
@@ -250,11 +252,11 @@ def test_source_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="not found"):
         load_protein_records(str(tmp_path / "absent.csv"))
     (tmp_path / "x.txt").write_text("Sequence\nAC\n")
-    with pytest.raises(ValueError, match="unsupported protein source"):
+    with pytest.raises(ValueError, match="x.txt: unsupported source; expected a file ending in .parquet, .csv, .jsonl"):
         load_protein_records(tmp_path / "x.txt")
     # A line that is no JSON object is a bad row like any other: reported by row and line, skipped or fatal.
     (tmp_path / "broken.jsonl").write_text('{"Sequence": "AC", "Secondary_structure": "HE"}\n{oops\n[1]\n')
-    with pytest.raises(ValueError, match=r"2 bad row\(s\).*row 1: line 2: not valid JSON.*row 2: line 3: a JSON list"):
+    with pytest.raises(ValueError, match=r"2 bad row\(s\): line 2: not valid JSON.*line 3: a JSON list"):
         load_protein_records(tmp_path / "broken.jsonl", on_bad_row="error")
     with pytest.warns(UserWarning, match="skipped .*broken.jsonl: 2 bad row"):
         assert [r.sequence for r in load_protein_records(tmp_path / "broken.jsonl")] == ["AC"]

@@ -16,7 +16,8 @@ from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from ginformer.adapter import SparseGINConfig, get_sparse_gin_model
 from ginformer.cli import main
-from ginformer.data.instruct import PAPER_END, InstructExample, encode_generation_prompt, load_gsm8k
+from ginformer.data.instruct import PAPER_END, conversation, encode_generation_prompt
+from ginformer.data.reasoning import load_gsm8k
 from ginformer.runs.compare import _mean_history, compare_settings_from_dict, run_comparison, run_summary
 from ginformer.runs.config import load_run_settings
 from ginformer.runs.evaluate import evaluate_run
@@ -186,9 +187,9 @@ def test_cli_evaluate_of_a_fine_tuning_run(tmp_path, base_dir, task_files, capsy
     run_dir = train(tiny(tmp_path, base_dir, task_files, "model.method=none"))
     assert main(["evaluate", "--run", str(run_dir), "--generate", "1", "--max-new-tokens", "2"]) == 0
     printed = capsys.readouterr().out
-    assert "perplexity" in printed and "GSM8K strict" in printed and "scored_rows: 1" in printed
+    assert "perplexity" in printed and "GSM8K strict" in printed and "generated_rows: 1" in printed
     saved = json.loads((run_dir / "eval_val.json").read_text())
-    assert saved["model"] == f"none on {base_dir}" and saved["notes"]["scored_rows"] == 1
+    assert saved["model"] == f"none on {base_dir}" and saved["notes"]["generated_rows"] == 1
 
 
 # ---------------------------------------------------------------------------------------------------- evaluation
@@ -222,7 +223,7 @@ def scores_of(task, model, tokenizer, rows, train_rows, max_new_tokens, batch_si
 
 
 def gsm8k_rows(n):
-    return [InstructExample(f"What is {i} + {i}? ({'x' * i})", f"#### {2 * i}", str(2 * i), str(i), i)
+    return [conversation(f"What is {i} + {i}? ({'x' * i})", f"#### {2 * i}", reference=str(2 * i), group=str(i))
             for i in range(n)]
 
 
@@ -255,9 +256,9 @@ def test_folio_accuracy_and_majority_baseline_from_generation(base_dir):
     tokenizer = PreTrainedTokenizerFast.from_pretrained(base_dir)
     tokenizer.pad_token = tokenizer.eos_token
     labels = ["True", "False", "Uncertain", "True"]
-    rows = [InstructExample(f"premise {i}\nConclusion: c\nTrue, False, or Uncertain?", label, label, str(i), i)
+    rows = [conversation(f"premise {i}\nConclusion: c\nTrue, False, or Uncertain?", label, reference=label, group=str(i))
             for i, label in enumerate(labels)]
-    train = [InstructExample("t", label, label, f"t{i}", i) for i, label in enumerate(["False", "False", "True"])]
+    train = [conversation("t", label, reference=label, group=f"t{i}") for i, label in enumerate(["False", "False", "True"])]
     answers = ["True", "It is false.", "unknown", "no idea"]  # right, right, right (Unknown = Uncertain), none
     model = ScriptedModel(tokenizer, {tokenizer.decode(encode_generation_prompt(row, tokenizer)): a
                                       for row, a in zip(rows, answers)})
@@ -279,7 +280,7 @@ def test_evaluate_any_file_in_the_format_counts_rows_seen_in_training(tmp_path, 
     rows = load_gsm8k(task_files / "gsm8k.jsonl")
     with pytest.warns(UserWarning, match="not held-out"):
         result = evaluate_run(run_dir, data=task_files / "gsm8k.jsonl", limit=10, generate=2, max_new_tokens=3)
-    assert result.examples == 10 and 0 < result.trained_on <= 10 and result.notes["scored_rows"] == 2
+    assert result.examples == 10 and 0 < result.trained_on <= 10 and result.notes["generated_rows"] == 2
     assert len(rows) == 60 and (run_dir / "eval_gsm8k.json").is_file()
     generations = (run_dir / "eval_gsm8k_generations.jsonl").read_text().splitlines()
     assert len(generations) == 2

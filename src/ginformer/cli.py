@@ -4,6 +4,7 @@ adding a subcommand is one entry in COMMANDS. The CLI parses and prints; the wor
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from pathlib import Path
@@ -116,22 +117,50 @@ def _print_comparison(root: Path) -> None:
 
 def _generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", dest="run_dir", required=True, help="a finished run directory")
-    parser.add_argument("--prompt", required=True, help="the text to continue (protein runs: a residue sequence)")
-    parser.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate (default 200)")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--prompt", help="the text to continue (protein runs: a residue sequence; instruction runs: "
+                      "the user's turn)")
+    what.add_argument("--prompts", type=Path, help="a .txt file (a prompt per line) or a .jsonl file (rows with "
+                      "'prompt' or 'messages'), answered in batches into --output")
+    what.add_argument("--chat", action="store_true", help="a conversation on the terminal, keeping its history")
+    parser.add_argument("--output", type=Path, help="the JSONL file --prompts writes (default: <prompts>.out.jsonl)")
+    parser.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate per answer (default 200)")
     parser.add_argument("--temperature", type=float, help="sample at this temperature (default: greedy decoding)")
     parser.add_argument("--top-k", type=int, help="sample from the k most likely tokens only")
     parser.add_argument("--top-p", type=float, help="sample from the smallest set of tokens with probability p")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the sampling (default 0)")
+    parser.add_argument("--batch-size", type=int, default=8, help="prompts generated together with --prompts")
 
 
 def _generate(args: argparse.Namespace) -> None:
-    from ginformer.runs.generate import Sampling, continue_text
+    from ginformer.runs.generate import RunGenerator, Sampling
 
     sampled = any(value is not None for value in (args.temperature, args.top_k, args.top_p))
     temperature = 1.0 if args.temperature is None else args.temperature
-    sampling = Sampling(temperature, args.top_k, args.top_p) if sampled else None
-    continue_text(args.run_dir, args.prompt, max_new_tokens=args.max_new_tokens, sampling=sampling, seed=args.seed)
-    print()
+    options = {"max_new_tokens": args.max_new_tokens, "seed": args.seed,
+               "sampling": Sampling(temperature, args.top_k, args.top_p) if sampled else None}
+    generator = RunGenerator(args.run_dir)
+    if args.prompt is not None:
+        generator.continue_text(args.prompt, **options)
+    elif args.chat:
+        generator.chat(_user_lines(), **options)
+    else:
+        output = args.output or args.prompts.with_suffix(".out.jsonl")
+        count = generator.complete_file(args.prompts, output, batch_size=args.batch_size, **options)
+        print(f"{count} completions written to {output}")
+
+
+def _user_lines():
+    """The user's turns, one per line of standard input, each after a prompt when it is a terminal."""
+    while True:
+        if sys.stdin.isatty():
+            print("you> ", end="", flush=True)
+        line = sys.stdin.readline()
+        if not line:
+            return
+        if sys.stdin.isatty():
+            print("model> ", end="", flush=True)
+        yield line
 
 
 def _graph_arguments(parser: argparse.ArgumentParser) -> None:
@@ -206,10 +235,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _library_notes() -> logging.Handler:
+    """A handler that shows the library's logged notes (e.g. which data format it read) on stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("ginformer: %(message)s"))
+    logger = logging.getLogger("ginformer")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    return handler
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from ginformer.runs.train import TrainingDiverged
 
     args = build_parser().parse_args(argv)
+    notes = _library_notes()
     try:
         args.run(args)
     except TrainingDiverged as err:
@@ -220,6 +260,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # exit code 2, as argparse uses for usage errors. ConfigError is a ValueError.
         print(f"ginformer {args.command}: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        logging.getLogger("ginformer").removeHandler(notes)
     return 0
 
 

@@ -1,38 +1,35 @@
-"""Instruction data for Sparse-GIN and LoRA fine-tuning (paper, section 4.2): GSM8K and FOLIO.
+"""Instruction data for fine-tuning, in the three shapes TRL's SFTTrainer reads.
 
-The paper fine-tunes on mlabonne/orca-math-word-problems-80k and on lamm-mit/SAGI-1-SYMBOLIC_DATA_PLUS_REASONING
-_DATA_V1_100K; neither can be bundled, so two openly licensed stand-ins ship with the repository (see the
-SOURCE.md files): GSM8K (grade-school maths with worked answers ending in ``#### <number>``, same
-question/answer schema as orca-math) under ``data/gsm8k/`` and FOLIO (first-order-logic reasoning: premises, a
-conclusion, a True/False/Uncertain label) under ``data/folio/``.
+    text                {"text": "..."}                                   loss on every token
+    prompt_completion   {"prompt": "...", "completion": "..."}            loss on the completion only
+                        or conversational: prompt and completion are lists of {role, content} messages
+    messages            {"messages": [{role: system|user|assistant, content}, ...]}
+                                                                          loss on every assistant turn only
 
-Pipeline::
+`load_instruct` reads a .jsonl, .json or .parquet file or a hub dataset, maps other column names onto these
+(`columns={"prompt": "question", "completion": "answer"}`), decides the shape from the columns when asked to
+(`format="auto"`), and validates every row: a bad row is named by file and line (or row) and skipped or fatal.
+Every row becomes an `InstructExample`: a conversation whose trained assistant turns carry the loss (a plain
+prompt/completion pair is the conversation [user: prompt, assistant: completion]), or a text.
 
-    load_gsm8k / load_folio          -> [InstructExample]  (user text, assistant text, reference, group)
-    split_examples                   -> train, val         (90/10, seed 42, grouped: no leakage)
-    tokenize_example                 -> {input_ids, attention_mask, labels}  for transformers' Trainer
-    encode_generation_prompt + gsm8k_extract_* / extract_label  for generation-based scoring
+Two templates render a conversation. ``"paper"`` is the paper's plain-text format, whatever the tokenizer::
 
-Two prompt templates. ``"paper"`` is the paper's plain-text format, whatever the tokenizer::
-
-    ### User: {user}<|eot_id|>### Assistant: {answer}<|eot_id|>
+    ### System: {system}<|eot_id|>### User: {user}<|eot_id|>### Assistant: {answer}<|eot_id|>
 
 (``<|eot_id|>`` is a single token for Llama 3 and several ordinary tokens for SmolLM2; either way the model
 learns to write it, and generation stops on the string.) ``"chat"`` renders the tokenizer's own chat template.
-
-The prompt is what the model is given; the completion is what it must write and is the only part with labels.
-They are tokenized separately and concatenated, so training sees exactly the prompt tokens that generation
-later starts from (tokenizing the joined string could merge tokens across the boundary).
+The rendering is cut into segments at every trained assistant turn (`segments`): a turn's text and its
+end-of-turn marker carry the loss, the template's text around it does not, and each segment is tokenised on its
+own, so no token straddles a boundary and training sees exactly the prompt tokens generation starts from.
 """
 
 from __future__ import annotations
 
+import json
 import random
-import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Literal
 
@@ -40,186 +37,201 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from ginformer.data.batches import IGNORE_INDEX
-from ginformer.data.rows import HUB_ID, bundled_path, load_hub_dataset, read_jsonl, report_bad_rows
+from ginformer.data.rows import read_records, report_bad_rows
 
 Template = Literal["paper", "chat"]
+Format = Literal["text", "prompt_completion", "messages"]
 OnBadRow = Literal["skip", "error"]
 
+FORMATS: dict[str, tuple[str, ...]] = {  # a shape and the columns that make it
+    "messages": ("messages",),
+    "prompt_completion": ("prompt", "completion"),
+    "text": ("text",),
+}
+ROLES = ("system", "user", "assistant")
+SUFFIXES = (".jsonl", ".json", ".parquet")
+
 PAPER_END = "<|eot_id|>"
-PAPER_USER = "### User: "
-PAPER_ASSISTANT = "### Assistant:"
+PAPER_HEADERS = {"system": "### System: ", "user": "### User: ", "assistant": "### Assistant:"}
 
-# The fixed split seed: every run, every machine, the same validation rows.
-SPLIT_SEED = 42
+SPLIT_SEED = 42  # the fixed split seed: every run, every machine, the same validation rows
 
-# FOLIO's third class is "Unknown" in v0.0 train and "Uncertain" elsewhere: one label, spelled "Uncertain".
-FOLIO_LABELS: tuple[str, ...] = ("True", "False", "Uncertain")
-_FOLIO_LABEL_SPELLINGS = {"true": "True", "false": "False", "uncertain": "Uncertain", "unknown": "Uncertain"}
-FOLIO_QUESTION = "True, False, or Uncertain?"
 
-BUNDLED = {"gsm8k": "gsm8k/train.jsonl", "folio": "folio/folio-train.jsonl"}  # under data/
+@dataclass(frozen=True)
+class Message:
+    role: str  # system, user or assistant
+    content: str
+    trained: bool = False  # an assistant turn whose text the loss falls on
 
 
 @dataclass(frozen=True)
 class InstructExample:
-    """One validated question/answer pair, ready to format."""
+    """One validated row: a conversation (`messages`) or a plain `text`."""
 
-    user: str  # the user's turn: a GSM8K question, or FOLIO premises + conclusion + question
-    answer: str  # the assistant's turn the model is trained to write
-    reference: str  # what scoring compares with: GSM8K's normalised final number, FOLIO's label
-    group: str  # rows sharing a group always land in the same split (see split_examples)
-    line: int  # 1-based line in the JSONL file (or 1-based row of a hub split), to trace problems back
+    messages: tuple[Message, ...]  # empty for a text row
+    text: str | None = None  # a text row: every token carries the loss
+    reference: str = ""  # what generation is scored against (GSM8K's final number, FOLIO's label); "" if nothing
+    group: str = ""  # rows sharing a group always land in the same split (see split_examples)
+    where: str = ""  # "line 12" (JSONL) or "row 3": traces a row back to its source
+
+    @property
+    def prompt(self) -> tuple[Message, ...]:
+        """The conversation before its last trained turn: what a model is given to generate that turn."""
+        last = max(i for i, m in enumerate(self.messages) if m.trained)
+        return self.messages[:last]
+
+    @property
+    def answer(self) -> str:
+        """The last trained turn's text."""
+        return next(m.content for m in reversed(self.messages) if m.trained)
 
 
-# ---------------------------------------------------------------------------------------------------- loading
+def conversation(prompt: str, answer: str, system: str | None = None, **fields) -> InstructExample:
+    """The single-turn conversation [system], user: prompt, assistant: answer (trained)."""
+    head = (Message("system", system),) if system else ()
+    return InstructExample((*head, Message("user", prompt), Message("assistant", answer, trained=True)), **fields)
 
 
-def load_gsm8k(
-    source: str | Path | None = None,
+# ---------------------------------------------------------------------------------------------------- reading
+
+
+@dataclass(frozen=True)
+class InstructData:
+    examples: list[InstructExample]
+    format: str  # the format the rows were read in
+    conversational: bool  # messages, or prompt/completion as lists of messages: the chat template suits them
+
+
+def load_instruct(
+    source: str | Path,
     *,
+    format: Literal["auto", "text", "prompt_completion", "messages"] = "auto",
+    columns: Mapping[str, str] | None = None,
     on_bad_row: OnBadRow = "skip",
     hub_config: str | None = None,
     hub_split: str = "train",
-) -> list[InstructExample]:
-    """GSM8K-style rows (``question``, ``answer`` ending in ``#### <number>``) from a JSONL file or a hub id.
+) -> InstructData:
+    """Every usable row of `source` as an InstructExample, with the format it was read in.
 
-    ``source`` None is the bundled file. A string that is not an existing path is loaded with
-    ``datasets.load_dataset(source, hub_config, split=hub_split)`` (``openai/gsm8k`` needs ``hub_config="main"``).
-    A bad row (invalid JSON, missing key, empty text, no ``#### <number>``) is reported by line:
-    ``on_bad_row="skip"`` drops it with one warning naming the count and the first few, ``"error"`` raises a
-    ValueError listing them. Rows are grouped by question text, so duplicated questions share a split.
+    `columns` maps our names (text, prompt, completion, messages) to the source's. `format="auto"` picks the
+    format from the columns (messages, then prompt/completion, then text); rows with another format's columns
+    are an error naming rows that disagree. Within the format, a bad row (missing or empty field, an unknown
+    role, a conversation with no assistant turn or whose last message is not the assistant's) is skipped with one
+    warning naming it (`on_bad_row="skip"`) or fatal ("error"). Rows are grouped by their prompt, so repeated
+    prompts share a split side.
     """
-    rows, name = _read_rows(source, "gsm8k", hub_config, hub_split, on_bad_row)
-    return _validate_rows(rows, name, _gsm8k_example, on_bad_row)
-
-
-def load_folio(
-    source: str | Path | None = None,
-    *,
-    on_bad_row: OnBadRow = "skip",
-    hub_config: str | None = None,
-    hub_split: str = "train",
-) -> list[InstructExample]:
-    """FOLIO rows (``story_id``, ``premises``, ``conclusion``, ``label``) from a JSONL file or a hub id.
-
-    ``premises`` is a list of sentences (v0.0 files) or one newline-separated string (the hub's FOLIO v2).
-    ``label`` is True, False, Uncertain or Unknown (any case; Unknown is read as Uncertain). Bad rows (invalid
-    JSON, missing key, empty premises or conclusion, unknown label) are handled as in :func:`load_gsm8k`.
-
-    Groups: each row's group is its story, and stories that share a premise sentence are merged into one group
-    (a few FOLIO stories are variants of one another), so no premise is seen in training and scored in val.
-    """
-    rows, name = _read_rows(source, "folio", hub_config, hub_split, on_bad_row)
-    return _merge_groups_sharing_premises(_validate_rows(rows, name, _folio_example, on_bad_row))
-
-
-def folio_user_text(premises: Sequence[str], conclusion: str) -> str:
-    """The user's turn for a FOLIO row: premises one per line, the conclusion, the question."""
-    return "\n".join([*premises, f"Conclusion: {conclusion}", FOLIO_QUESTION])
-
-
-def _gsm8k_example(row: dict, line: int) -> InstructExample:
-    question, answer = _text_field(row, "question"), _text_field(row, "answer")
-    final = gsm8k_extract_strict(answer)
-    if final is None:
-        raise ValueError("answer has no final '#### <number>' line")
-    return InstructExample(user=question, answer=answer, reference=final, group=question, line=line)
-
-
-def _folio_example(row: dict, line: int) -> InstructExample:
-    if "story_id" not in row or row["story_id"] is None or str(row["story_id"]).strip() == "":
-        raise ValueError("missing key 'story_id'")
-    if "premises" not in row:
-        raise ValueError("missing key 'premises'")
-    premises = row["premises"]
-    if isinstance(premises, str):
-        premises = premises.split("\n")
-    if not isinstance(premises, list) or not all(isinstance(p, str) for p in premises):
-        raise ValueError(f"'premises' must be a list of strings or one string, got {type(row['premises']).__name__}")
-    premises = [p.strip() for p in premises if p.strip()]
-    if not premises:
-        raise ValueError("'premises' is empty")
-    conclusion = _text_field(row, "conclusion")
-    if "label" not in row:
-        raise ValueError("missing key 'label'")
-    label = _FOLIO_LABEL_SPELLINGS.get(str(row["label"]).strip().lower())
-    if label is None:
-        raise ValueError(f"label {row['label']!r} is not one of ['True', 'False', 'Uncertain', 'Unknown']")
-    user = folio_user_text(premises, conclusion)
-    return InstructExample(user=user, answer=label, reference=label, group=f"story {row['story_id']}", line=line)
-
-
-def _text_field(row: dict, key: str) -> str:
-    if key not in row:
-        raise ValueError(f"missing key {key!r}")
-    value = row[key]
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{key!r} is empty or not a string")
-    return value.strip()
-
-
-def _validate_rows(rows, name: str, make, on_bad_row: OnBadRow) -> list[InstructExample]:
-    """Examples from (line, row-or-problem) pairs; bad rows collected and reported together."""
-    examples: list[InstructExample] = []
-    bad: list[tuple[int, str]] = []
-    for line, row in tqdm(rows, desc=name, leave=False, disable=None):
-        try:
-            if isinstance(row, str):  # the reader could not parse this line; row is the reason
-                raise ValueError(row)
-            examples.append(make(row, line))
-        except ValueError as problem:
-            bad.append((line, str(problem)))
-    report_bad_rows(name, bad, on_bad_row, where="line", stacklevel=4)  # called by the public loaders
-    if not examples:
-        raise ValueError(f"{name}: no usable rows")
-    return examples
-
-
-def _read_rows(
-    source: str | Path | None,
-    bundled: Literal["gsm8k", "folio"],
-    hub_config: str | None,
-    hub_split: str,
-    on_bad_row: OnBadRow,
-) -> tuple[list[tuple[int, dict | str]], str]:
-    """(line, row) pairs and a name for messages; a line that is not a JSON object comes as (line, reason)."""
     if on_bad_row not in ("skip", "error"):
         raise ValueError(f"on_bad_row must be 'skip' or 'error', got {on_bad_row!r}")
-    path = bundled_path(BUNDLED[bundled]) if source is None else Path(source)
-    if path.exists():
-        if path.is_dir():
-            raise ValueError(f"{path} is a directory; expected a .jsonl file")
-        return list(read_jsonl(path)), str(path)
-    if isinstance(source, Path) or path.suffix in (".jsonl", ".json") or not HUB_ID.match(str(source)):
-        raise FileNotFoundError(f"{bundled} source file not found: {path} (and it is not a hub id owner/name)")
-    dataset = load_hub_dataset(str(source), hub_config, hub_split, local_formats=".jsonl")
-    return list(enumerate(dataset, start=1)), f"hub dataset {source!r} ({hub_split})"
+    names = {**{name: name for names in FORMATS.values() for name in names}, **(columns or {})}
+    records, name = read_records(source, SUFFIXES, hub_config=hub_config, hub_split=hub_split)
+    rows = [(where, _rename(row, names)) for where, row in records]
+    chosen = _detect_format(rows, name, names) if format == "auto" else format
+    if chosen not in FORMATS:
+        raise ValueError(f"format must be one of {['auto', *FORMATS]}, got {format!r}")
+    examples, bad = [], []
+    for where, row in tqdm(rows, desc=name, leave=False, disable=None):
+        try:
+            if isinstance(row, str):  # the reader could not parse this row; row is the reason
+                raise ValueError(row)
+            examples.append(_PARSERS[chosen](row, where, names))
+        except ValueError as problem:
+            bad.append((where, str(problem)))
+    report_bad_rows(name, bad, on_bad_row)
+    if not examples:
+        raise ValueError(f"{name}: no usable {chosen} rows")
+    conversational = chosen == "messages" or (
+        chosen == "prompt_completion" and any(isinstance(row.get("prompt"), list) for _, row in rows
+                                              if isinstance(row, dict)))
+    return InstructData(examples, chosen, conversational)
 
 
-def _merge_groups_sharing_premises(examples: list[InstructExample]) -> list[InstructExample]:
-    """Union-find over stories: two stories sharing any premise sentence get one group (the smallest name)."""
-    parent: dict[str, str] = {}
-
-    def root(group: str) -> str:
-        while parent.setdefault(group, group) != group:
-            group = parent[group]
-        return group
-
-    first_story_of: dict[str, str] = {}
-    for example in examples:
-        for premise in example.user.split("\n")[:-2]:  # the last two lines are the conclusion and the question
-            other = first_story_of.setdefault(premise, example.group)
-            a, b = root(example.group), root(other)
-            if a != b:
-                parent[max(a, b)] = min(a, b)
-    return [
-        example if root(example.group) == example.group else _replace_group(example, root(example.group))
-        for example in examples
-    ]
+def _rename(row: dict | str, names: Mapping[str, str]) -> dict | str:
+    """The row with the source's column names replaced by ours."""
+    if isinstance(row, str):
+        return row
+    theirs = {column: ours for ours, column in names.items()}
+    return {theirs.get(key, key): value for key, value in row.items()}
 
 
-def _replace_group(example: InstructExample, group: str) -> InstructExample:
-    return InstructExample(example.user, example.answer, example.reference, group, example.line)
+def _detect_format(rows: list[tuple[str, dict | str]], name: str, names: Mapping[str, str]) -> str:
+    """The format whose columns the rows have. Rows with another format's columns are an error naming them; a
+    row with none is left to the parser, which names its missing field."""
+    seen: dict[str, str] = {}  # format -> the first row in it
+    for where, row in rows:
+        if isinstance(row, dict):
+            found = next((f for f, needed in FORMATS.items() if all(c in row for c in needed)), None)
+            if found is not None:
+                seen.setdefault(found, where)
+    if not seen:
+        wanted = "; ".join(f"{f}: {', '.join(names[c] for c in cs)}" for f, cs in FORMATS.items())
+        raise ValueError(f"{name}: no row has the columns of a format ({wanted}); map yours with data.columns, "
+                         "e.g. {prompt: question, completion: answer}")
+    if len(seen) > 1:
+        disagree = ", ".join(f"{where} is {f}" for f, where in seen.items())
+        raise ValueError(f"{name}: rows disagree on the format ({disagree}); give each file one format")
+    return next(iter(seen))
+
+
+def _text(value: object, field: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"'{field}' is empty or not a string")
+    return value
+
+
+def _messages(value: object, field: str, trained: bool) -> tuple[Message, ...]:
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"'{field}' must be a non-empty list of {{role, content}} messages")
+    messages = []
+    for i, message in enumerate(value):
+        if not isinstance(message, Mapping) or "role" not in message or "content" not in message:
+            raise ValueError(f"{field}[{i}] is not a {{role, content}} message")
+        role = message["role"]
+        if role not in ROLES:
+            raise ValueError(f"{field}[{i}]: role {role!r} is not one of {list(ROLES)}")
+        if role == "system" and (i > 0 or field == "completion"):
+            raise ValueError(f"{field}[{i}]: a system message may only come first")
+        messages.append(Message(role, _text(message["content"], f"{field}[{i}].content"),
+                                trained and role == "assistant"))
+    return tuple(messages)
+
+
+def _checked(messages: tuple[Message, ...], field: str) -> tuple[Message, ...]:
+    if not any(m.role == "assistant" for m in messages):
+        raise ValueError(f"'{field}' has no assistant turn: nothing to learn")
+    if messages[-1].role != "assistant":
+        raise ValueError(f"'{field}' ends with a {messages[-1].role} message, not the assistant's")
+    if next(m.role for m in messages if m.role != "system") == "assistant":
+        raise ValueError(f"'{field}' starts with an assistant turn: there is no prompt to answer")
+    return messages
+
+
+def _parse_text(row: dict, where: str, names: Mapping[str, str]) -> InstructExample:
+    return InstructExample((), text=_text(row.get("text"), names["text"]), group=row["text"], where=where)
+
+
+def _parse_prompt_completion(row: dict, where: str, names: Mapping[str, str]) -> InstructExample:
+    for field in ("prompt", "completion"):
+        if row.get(field) is None:
+            raise ValueError(f"missing '{names[field]}'")
+    prompt, completion = row["prompt"], row["completion"]
+    if isinstance(prompt, str) and isinstance(completion, str):
+        prompt, completion = _text(prompt, names["prompt"]), _text(completion, names["completion"])
+        return conversation(prompt, completion, group=prompt, where=where)
+    if not isinstance(prompt, list) or not isinstance(completion, list):
+        raise ValueError(f"'{names['prompt']}' and '{names['completion']}' must both be strings or both be lists "
+                         "of messages")
+    messages = _checked(_messages(prompt, names["prompt"], False) + _messages(completion, names["completion"], True),
+                        names["completion"])
+    return InstructExample(messages, group=json.dumps(prompt, sort_keys=True), where=where)
+
+
+def _parse_messages(row: dict, where: str, names: Mapping[str, str]) -> InstructExample:
+    messages = _checked(_messages(row.get("messages"), names["messages"], True), names["messages"])
+    last = max(i for i, m in enumerate(messages) if m.trained)
+    return InstructExample(messages, group=json.dumps([[m.role, m.content] for m in messages[:last]]), where=where)
+
+
+_PARSERS = {"text": _parse_text, "prompt_completion": _parse_prompt_completion, "messages": _parse_messages}
 
 
 # ---------------------------------------------------------------------------------------------------- split
@@ -256,54 +268,70 @@ def split_examples(
     return train, val
 
 
-# ---------------------------------------------------------------------------------------------------- format
+# ---------------------------------------------------------------------------------------------------- render
 
 
-def format_example(
-    example: InstructExample, template: Template = "paper", tokenizer: PreTrainedTokenizerBase | None = None
-) -> tuple[str, str]:
-    """(prompt, completion) texts: the model reads the prompt and is trained to write the completion.
+def segments(
+    example: InstructExample, template: Template, tokenizer: PreTrainedTokenizerBase
+) -> list[tuple[str, bool]]:
+    """The rendered example as (text, trained) segments that join to the whole rendering.
 
-    ``"paper"``: prompt ``### User: {user}<|eot_id|>### Assistant:``, completion `` {answer}<|eot_id|>``; joined
-    they are the paper's format exactly. The space stays with the answer because BPE tokenizers attach a
-    leading space to the following word. ``"chat"``: the tokenizer's chat template with a generation prompt,
-    and the rest of the rendered conversation (the answer and the template's end-of-turn marker).
+    A text row is its text and the end token, all trained. A conversation is cut at every trained assistant
+    turn: the turn's text up to and including its end-of-turn marker is trained; the template's text around it
+    (headers, the newline after a marker, other turns) is not.
     """
-    if template == "paper":
-        return f"{PAPER_USER}{example.user}{PAPER_END}{PAPER_ASSISTANT}", f" {example.answer}{PAPER_END}"
-    if template != "chat":
-        raise ValueError(f"template must be 'paper' or 'chat', got {template!r}")
-    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-        raise ValueError("template='chat' needs a tokenizer with a chat template; use template='paper'")
-    user = [{"role": "user", "content": example.user}]
-    prompt = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
-    full = tokenizer.apply_chat_template(
-        [*user, {"role": "assistant", "content": example.answer}], tokenize=False, add_generation_prompt=False
+    if example.text is not None:
+        if tokenizer.eos_token is None:
+            raise ValueError(f"{tokenizer.name_or_path!r} has no end token to close a text row with")
+        return [(example.text, True), (tokenizer.eos_token, True)]
+    render = _RENDERERS[template]
+    parts: list[tuple[str, bool]] = []
+    rendered = ""  # the rendering up to the end of the last trained turn, all of it in `parts`
+    for i, message in enumerate(example.messages):
+        if not message.trained:
+            continue
+        before = render(example.messages[:i], tokenizer, True)
+        after = render(example.messages[: i + 1], tokenizer, False)
+        if not after.startswith(before) or not before.startswith(rendered):
+            raise ValueError(
+                f"the {template} template of {tokenizer.name_or_path!r} does not render each turn as a prefix of "
+                "the next, so the assistant's tokens cannot be told apart; use data.template=paper"
+            )
+        end = _end_of_turn(after, len(before), template, tokenizer)
+        parts += [(before[len(rendered) :], False), (after[len(before) : end], True)]
+        rendered = after[:end]
+    parts.append((render(example.messages, tokenizer, False)[len(rendered) :], False))
+    return [(text, trained) for text, trained in parts if text]
+
+
+def _end_of_turn(rendering: str, start: int, template: Template, tokenizer: PreTrainedTokenizerBase) -> int:
+    """Where a turn starting at `start` ends: just after its end-of-turn marker (the paper's <|eot_id|>, the
+    tokenizer's end token), so that the separator a template writes after the marker carries no loss."""
+    marker = PAPER_END if template == "paper" else tokenizer.eos_token
+    found = rendering.rfind(marker, start) if marker else -1
+    return len(rendering) if found < 0 else found + len(marker)
+
+
+def _paper(messages: Sequence[Message], tokenizer: PreTrainedTokenizerBase, generation_prompt: bool) -> str:
+    """The paper's format; the space of an answer stays with it, as BPE tokenizers attach it to the next word."""
+    text = "".join(
+        f"{PAPER_HEADERS['assistant']} {m.content}{PAPER_END}" if m.role == "assistant"
+        else f"{PAPER_HEADERS[m.role]}{m.content}{PAPER_END}"
+        for m in messages
     )
-    if not full.startswith(prompt):
-        raise ValueError(
-            f"the chat template of {tokenizer.name_or_path!r} does not render the generation prompt as a prefix "
-            "of the conversation, so the answer tokens cannot be told apart; use template='paper'"
-        )
-    return prompt, full[len(prompt) :]
+    return text + (PAPER_HEADERS["assistant"] if generation_prompt else "")
 
 
-def encode_prompt(prompt: str, tokenizer: PreTrainedTokenizerBase, template: Template = "paper") -> list[int]:
-    """Token ids of a prompt, as training and generation both see it.
-
-    A rendered chat template already holds its special tokens (``<|begin_of_text|>`` for Llama 3), so none are
-    added. The paper template gets the tokenizer's BOS only if the tokenizer adds one by itself (Llama 3 does,
-    SmolLM2 does not), as the paper's training pipeline did; nothing else (no EOS) is added.
-    """
-    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    if template == "paper" and _adds_bos(tokenizer):
-        ids = [tokenizer.bos_token_id, *ids]
-    return ids
+def _chat(messages: Sequence[Message], tokenizer: PreTrainedTokenizerBase, generation_prompt: bool) -> str:
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"{tokenizer.name_or_path!r} has no chat template; use data.template=paper")
+    if not messages:
+        return ""
+    turns = [{"role": m.role, "content": m.content} for m in messages]
+    return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=generation_prompt)
 
 
-def _adds_bos(tokenizer: PreTrainedTokenizerBase) -> bool:
-    bos = tokenizer.bos_token_id
-    return bos is not None and tokenizer("a", add_special_tokens=True)["input_ids"][:1] == [bos]
+_RENDERERS = {"paper": _paper, "chat": _chat}
 
 
 # ---------------------------------------------------------------------------------------------------- tokenize
@@ -312,81 +340,48 @@ def _adds_bos(tokenizer: PreTrainedTokenizerBase) -> bool:
 def tokenize_example(
     example: InstructExample, tokenizer: PreTrainedTokenizerBase, template: Template = "paper"
 ) -> dict[str, list[int]]:
-    """``input_ids`` = prompt + completion tokens, ``labels`` = -100 on the prompt and the completion's ids on
-    the completion (answer and end marker), ``attention_mask`` all ones. Unpadded, untruncated."""
-    prompt, completion = format_example(example, template, tokenizer)
-    prompt_ids = encode_prompt(prompt, tokenizer, template)
-    completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
-    return {
-        "input_ids": prompt_ids + completion_ids,
-        "attention_mask": [1] * (len(prompt_ids) + len(completion_ids)),
-        "labels": [IGNORE_INDEX] * len(prompt_ids) + completion_ids,
-    }
+    """``input_ids`` of the rendered example and ``labels``: the ids on trained segments, -100 elsewhere. Each
+    segment is tokenised on its own. Unpadded, untruncated."""
+    input_ids: list[int] = _bos(tokenizer, template)
+    labels: list[int] = [IGNORE_INDEX] * len(input_ids)
+    for text, trained in segments(example, template, tokenizer):
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        input_ids += ids
+        labels += ids if trained else [IGNORE_INDEX] * len(ids)
+    return {"input_ids": input_ids, "labels": labels}
 
 
-# ---------------------------------------------------------------------------------------------------- evaluate
+def truncate_left(feature: dict[str, list[int]], max_length: int) -> dict[str, list[int]] | None:
+    """The last `max_length` tokens of an example, or None when that would cut its last trained turn: the
+    earliest turns go first, the answer the model must learn stays whole."""
+    labels = feature["labels"]
+    last = len(labels) - 1
+    while last >= 0 and labels[last] == IGNORE_INDEX:
+        last -= 1
+    first = last
+    while first > 0 and labels[first - 1] != IGNORE_INDEX:
+        first -= 1
+    if len(labels) - first > max_length:
+        return None
+    return {key: values[-max_length:] for key, values in feature.items()}
 
 
 def encode_generation_prompt(
-    example: InstructExample, tokenizer: PreTrainedTokenizerBase, template: Template = "paper"
+    example: InstructExample | Sequence[Message], tokenizer: PreTrainedTokenizerBase, template: Template = "paper"
 ) -> list[int]:
-    """The ids generation starts from: exactly the prompt tokens training saw before the answer (see
-    encode_prompt). With the paper template, stop generation on the string ``<|eot_id|>``."""
-    prompt, _ = format_example(example, template, tokenizer)
-    return encode_prompt(prompt, tokenizer, template)
+    """The ids a model generates the next assistant turn from: an example's prompt (the turns before its last
+    trained turn) or a conversation so far, with the template's generation prompt. They are exactly the tokens
+    training saw before that turn. With the paper template, stop generation on the string ``<|eot_id|>``."""
+    messages = example.prompt if isinstance(example, InstructExample) else tuple(example)
+    return _bos(tokenizer, template) + tokenizer(
+        _RENDERERS[template](messages, tokenizer, True), add_special_tokens=False
+    )["input_ids"]
 
 
-# A number as written in maths answers: optional sign (not a hyphen inside "10-5"), optional $, digits with or
-# without thousands commas, optional decimals; or a bare decimal such as ".5".
-_NUMBER = r"(?:(?<![\w.])-)?\$?\s?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)"
-_NUMBER_RE = re.compile(_NUMBER)
-_STRICT_RE = re.compile(r"####\s*(" + _NUMBER + ")")
-_LABEL_RE = re.compile(r"\b(true|false|uncertain|unknown)\b", re.IGNORECASE)
-
-
-def normalize_number(text: str) -> str | None:
-    """Canonical spelling of a number so equal values compare equal: no ``$``, no commas, no spaces, no trailing
-    ``.``, no trailing decimal zeros ("$1,234.50" -> "1234.5", "3.00" -> "3", "-0" -> "0"). None if not a number."""
-    cleaned = text.strip().replace("$", "").replace(",", "").replace(" ", "").rstrip(".")
-    if not cleaned:
-        return None
-    try:
-        value = Decimal(cleaned)
-    except InvalidOperation:
-        return None
-    if not value.is_finite():
-        return None
-    if value == value.to_integral_value():
-        return str(int(value))
-    return format(value.normalize(), "f")
-
-
-def gsm8k_extract_strict(text: str) -> str | None:
-    """The normalised number right after the first ``####`` (GSM8K's final-answer marker); None if absent."""
-    match = _STRICT_RE.search(text)
-    return normalize_number(match.group(1)) if match else None
-
-
-def gsm8k_extract_flexible(text: str) -> str | None:
-    """The normalised last number anywhere in the text; None if the text holds no number."""
-    numbers = _NUMBER_RE.findall(text)
-    return normalize_number(numbers[-1]) if numbers else None
-
-
-def extract_label(text: str) -> str | None:
-    """The first True / False / Uncertain (or Unknown, read as Uncertain) word in the text, any case; else None."""
-    match = _LABEL_RE.search(text)
-    return _FOLIO_LABEL_SPELLINGS[match.group(1).lower()] if match else None
-
-
-def majority_baseline(
-    train: Sequence[InstructExample], scored: Sequence[InstructExample]
-) -> tuple[str, float]:
-    """(label, accuracy): the most common reference in ``train`` (ties: the earliest in FOLIO_LABELS, then
-    alphabetical) and its accuracy on ``scored``. The floor a FOLIO model must beat."""
-    if not train or not scored:
-        raise ValueError("majority_baseline needs non-empty train and scored examples")
-    counts = Counter(e.reference for e in train)
-    order = {label: i for i, label in enumerate(FOLIO_LABELS)}
-    label = min(counts, key=lambda r: (-counts[r], order.get(r, len(order)), r))
-    return label, sum(e.reference == label for e in scored) / len(scored)
+def _bos(tokenizer: PreTrainedTokenizerBase, template: Template) -> list[int]:
+    """A rendered chat template already holds its special tokens (Llama 3's <|begin_of_text|>). The paper
+    template gets the tokenizer's BOS only if the tokenizer adds one by itself (Llama 3 does, SmolLM2 does not),
+    as the paper's training pipeline did."""
+    bos = tokenizer.bos_token_id
+    adds = bos is not None and tokenizer("a", add_special_tokens=True)["input_ids"][:1] == [bos]
+    return [bos] if template == "paper" and adds else []

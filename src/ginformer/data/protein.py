@@ -26,7 +26,6 @@ Each example is trained as one string (``format_protein_example``):
 
 from __future__ import annotations
 
-import csv
 import random
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -36,7 +35,7 @@ from typing import Literal
 
 from tqdm.auto import tqdm
 
-from ginformer.data.rows import bundled_path, load_hub_dataset, read_jsonl, report_bad_rows
+from ginformer.data.rows import bundled_path, read_records, report_bad_rows
 
 # The fixed class order: label-token order in the tokenizer, and the tie-break when counts are equal.
 SS_CLASSES: tuple[str, ...] = ("AH", "BS", "UNSTRUCTURED", "BEND", "PHIHELIX", "310HELIX", "BETABRIDGE", "T")
@@ -119,16 +118,16 @@ def load_protein_records(
     `datasets.load_dataset(id, split="train")`. Rows with ``len(Sequence) >= max_length`` are dropped first
     (the paper keeps ``Sequence_length < 256``; None keeps all), then every remaining row is checked. A bad row
     (missing or empty sequence, a letter outside the amino-acid alphabet, a structure whose length differs from
-    the sequence, an unknown DSSP character, a label outside SS_CLASSES) is reported with its 0-based row
-    number in the source: ``on_bad_row="skip"`` drops it and issues one warning naming the count and the first
+    the sequence, an unknown DSSP character, a label outside SS_CLASSES) is reported by its line (JSONL, from 1)
+    or row (from 0) in the source: ``on_bad_row="skip"`` drops it and issues one warning naming the count and the first
     few, ``"error"`` raises a ValueError listing them. A missing column fails the whole source.
     """
     if on_bad_row not in ("skip", "error"):
         raise ValueError(f"on_bad_row must be 'skip' or 'error', got {on_bad_row!r}")
     if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1):
         raise ValueError(f"max_length must be a positive int or None, got {max_length!r}")
-    rows, name = _read_rows(source)
-    columns = set(key for row in rows if isinstance(row, dict) for key in row)
+    rows, name = read_records(source, TABLE_SUFFIXES)
+    columns = set(key for _, row in rows if isinstance(row, dict) for key in row)
     has_labels = all(c in columns for c in _LABEL_COLUMNS)
     for column in (_REQUIRED_COLUMN,) if has_labels else (_REQUIRED_COLUMN, _STRUCTURE_COLUMN):
         if column not in columns:
@@ -139,10 +138,10 @@ def load_protein_records(
     alphabet = set(AMINO_ACIDS + AMBIGUOUS_AMINO_ACIDS) if allow_ambiguous else set(AMINO_ACIDS)
 
     records: list[ProteinRecord] = []
-    bad: list[tuple[int, str]] = []
-    for row, values in enumerate(tqdm(rows, desc="proteins", leave=False, disable=None)):
+    bad: list[tuple[str, str]] = []
+    for row, (where, values) in enumerate(tqdm(rows, desc="proteins", leave=False, disable=None)):
         if isinstance(values, str):  # the reader could not parse this row; values is the reason
-            bad.append((row, values))
+            bad.append((where, values))
             continue
         sequence = values.get(_REQUIRED_COLUMN)
         if max_length is not None and isinstance(sequence, str) and len(sequence) >= max_length:
@@ -151,11 +150,11 @@ def load_protein_records(
             labels = (values.get(c) for c in _LABEL_COLUMNS)
             record = _validate_row(row, sequence, values.get(_STRUCTURE_COLUMN), *labels, has_labels, alphabet)
         except ValueError as problem:
-            bad.append((row, str(problem)))
+            bad.append((where, str(problem)))
             continue
         records.append(record)
 
-    report_bad_rows(name, bad, on_bad_row, where="row", numbering=" (0-based row numbers in the source)")
+    report_bad_rows(name, bad, on_bad_row)
     return records
 
 
@@ -187,31 +186,6 @@ def _validate_row(
         if value not in SS_CLASSES:
             raise ValueError(f"{column} {value!r} is not one of {list(SS_CLASSES)}")
     return ProteinRecord(sequence, primary, secondary, structure, row)
-
-
-def _read_rows(source: str | Path) -> tuple[list[dict | str], str]:
-    """The source's rows as dicts (a JSONL line that is no JSON object comes as its problem, a string), and a
-    name for messages. Values stay as read: no type inference, so a sequence such as "NA" stays a string."""
-    path = Path(source)
-    if path.exists():
-        if path.is_dir() or path.suffix not in TABLE_SUFFIXES:
-            raise ValueError(f"{path}: unsupported protein source; expected a file ending in {TABLE_SUFFIXES}")
-        if path.suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            return pq.read_table(path).to_pylist(), str(path)
-        if path.suffix == ".jsonl":
-            rows = [row if isinstance(row, dict) else f"line {line}: {row}" for line, row in read_jsonl(path)]
-            return rows, str(path)
-        try:
-            with path.open(newline="", encoding="utf-8") as f:
-                return list(csv.DictReader(f)), str(path)
-        except UnicodeDecodeError as err:
-            raise ValueError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
-    if isinstance(source, Path) or path.suffix in TABLE_SUFFIXES:
-        raise FileNotFoundError(f"protein source file not found: {path}")
-    dataset = load_hub_dataset(str(source), None, "train", local_formats=".parquet/.csv/.jsonl")
-    return dataset.to_list(), f"hub dataset {source!r}"
 
 
 def split_records(

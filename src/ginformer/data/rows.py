@@ -3,6 +3,7 @@ dataset with an error that says why."""
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 import warnings
@@ -45,18 +46,74 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict | str]]:
             yield number, row if isinstance(row, dict) else f"a JSON {type(row).__name__}, expected an object"
 
 
-def report_bad_rows(
-    name: str, bad: Sequence[tuple[int, str]], on_bad_row: str, where: str, numbering: str = "", stacklevel: int = 3
-) -> None:
-    """Raise (on_bad_row "error") or warn ("skip") about the `bad` (position, reason) rows of source `name`.
+def read_records(
+    source: str | Path, suffixes: Sequence[str], *, hub_config: str | None = None, hub_split: str = "train"
+) -> tuple[list[tuple[str, dict | str]], str]:
+    """The rows of a file or of a hub dataset, as (where, row) pairs, and a name for messages.
 
-    `where` names a position ("line", "row"); `numbering` says how positions count, e.g. " (0-based ...)";
+    `where` names the row for messages: "line N" in a JSONL file (lines count from 1), "row N" elsewhere (rows
+    count from 0). `row` is a dict, or the reason the reader could not make one (a JSONL line that is no JSON
+    object), so each loader reports it with its other bad rows. A string that names no file and looks like a hub
+    id (owner/name) is loaded with `datasets.load_dataset(id, hub_config, split=hub_split)`. Values stay as read:
+    no type inference, so a protein sequence such as "NA" stays a string.
+    """
+    path = Path(source)
+    if path.exists():
+        if path.is_dir() or path.suffix not in suffixes:
+            raise ValueError(f"{path}: unsupported source; expected a file ending in {', '.join(suffixes)}")
+        return _READERS[path.suffix](path), str(path)
+    if isinstance(source, Path) or path.suffix in suffixes or not HUB_ID.match(str(source)):
+        raise FileNotFoundError(f"source file not found: {path} (and it is not a hub id of the form owner/name)")
+    dataset = load_hub_dataset(str(source), hub_config, hub_split, local_formats="/".join(suffixes))
+    return [(f"row {i}", dict(row)) for i, row in enumerate(dataset)], f"hub dataset {source!r} ({hub_split})"
+
+
+def _read_json(path: Path) -> list[tuple[str, dict | str]]:
+    """A JSON file holding a list of objects."""
+    try:
+        rows = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: byte {err.start}: not UTF-8 text ({err.reason})") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})") from None
+    if not isinstance(rows, list):
+        raise ValueError(f"{path}: a JSON {type(rows).__name__}; expected a list of objects (or use .jsonl)")
+    return [(f"row {i}", row if isinstance(row, dict) else f"a JSON {type(row).__name__}, expected an object")
+            for i, row in enumerate(rows)]
+
+
+def _read_parquet(path: Path) -> list[tuple[str, dict | str]]:
+    import pyarrow.parquet as pq
+
+    return [(f"row {i}", row) for i, row in enumerate(pq.read_table(path).to_pylist())]
+
+
+def _read_csv(path: Path) -> list[tuple[str, dict | str]]:
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            return [(f"row {i}", row) for i, row in enumerate(csv.DictReader(f))]
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
+
+
+_READERS = {
+    ".jsonl": lambda path: [(f"line {number}", row) for number, row in read_jsonl(path)],
+    ".json": _read_json,
+    ".parquet": _read_parquet,
+    ".csv": _read_csv,
+}
+
+
+def report_bad_rows(name: str, bad: Sequence[tuple[str, str]], on_bad_row: str, stacklevel: int = 3) -> None:
+    """Raise (on_bad_row "error") or warn ("skip") about the `bad` (where, reason) rows of source `name`.
+
     `stacklevel` points the warning at the user's call (3: the public loader called this directly)."""
     if not bad:
         return
-    listed = "; ".join(f"{where} {position}: {why}" for position, why in bad[:BAD_ROWS_SHOWN])
+    listed = "; ".join(f"{where}: {why}" for where, why in bad[:BAD_ROWS_SHOWN])
     more = f"; and {len(bad) - BAD_ROWS_SHOWN} more" if len(bad) > BAD_ROWS_SHOWN else ""
-    summary = f"{name}: {len(bad)} bad row(s){numbering}: {listed}{more}"
+    counting = " (rows count from 0)" if bad[0][0].startswith("row ") else ""
+    summary = f"{name}: {len(bad)} bad row(s){counting}: {listed}{more}"
     if on_bad_row == "error":
         raise ValueError(summary)
     warnings.warn(f"skipped {summary}", stacklevel=stacklevel)

@@ -7,13 +7,16 @@ ginformer model, a frozen base, a Sparse-GIN or a peft LoRA model.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, TextStreamer
+
+from ginformer.data.rows import read_records
 
 
 @dataclass(frozen=True)
@@ -88,10 +91,29 @@ def generate_batched(
     return [generated[i] for i in range(len(prompts))]
 
 
+class StopStreamer(TextStreamer):
+    """Prints generated text as it comes, up to a stop string (the paper template's ``<|eot_id|>``) that the
+    tokenizer writes as ordinary tokens: text that may begin the stop string is held back until it cannot."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, stop: str | None):
+        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self.stop, self.pending, self.stopped = stop, "", False
+
+    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+        if not self.stopped:
+            self.pending += text
+            if self.stop and self.stop in self.pending:
+                self.pending, self.stopped = self.pending.split(self.stop, 1)[0], True
+        hold = 0 if self.stopped or stream_end or not self.stop else len(self.stop) - 1
+        shown = max(0, len(self.pending) - hold)
+        print(self.pending[:shown], flush=True, end="\n" if stream_end else "")
+        self.pending = self.pending[shown:]
+
+
 @torch.no_grad()
 def stream(
     model, tokenizer: PreTrainedTokenizerBase, prompt: Sequence[int], *, max_new_tokens: int,
-    sampling: Sampling | None = None, window: int | None = None,
+    sampling: Sampling | None = None, window: int | None = None, stop: str | None = None,
 ) -> list[int]:
     """Generate after one prompt, printing the text to stdout as it comes; returns the new token ids.
 
@@ -99,9 +121,9 @@ def stream(
     outgrows the window it reads only the last `window` tokens, one new token at a time (as nanoGPT samples).
     """
     device = next(model.parameters()).device
-    streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    streamer = StopStreamer(tokenizer, stop)
     options = {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id,
-               **_decoding(tokenizer, None, sampling)}
+               **_decoding(tokenizer, stop, sampling)}
     if window is None or len(prompt) + max_new_tokens <= window:
         input_ids = torch.tensor([list(prompt)], device=device)  # (1, T)
         output = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
@@ -116,26 +138,108 @@ def stream(
         ids.append(token)
         new.append(token)
         streamer.put(torch.tensor([token]))
-        if token == tokenizer.eos_token_id:
+        if token == tokenizer.eos_token_id or streamer.stopped:
             break
     streamer.end()
     return new
 
 
-def continue_text(
-    run_dir: str | Path, prompt: str, *, max_new_tokens: int = 200, sampling: Sampling | None = None, seed: int = 0
-) -> str:
-    """Continue `prompt` with a finished run's model, streaming to stdout; returns the generated text. The task
-    turns the prompt into ids (a protein run wraps a residue sequence in its markers, an instruction run puts it
-    in its template)."""
-    from ginformer.runs.evaluate import load_run
+class RunGenerator:
+    """A finished run's model, ready to generate. Prompts go through the run's task, so a protein run wraps a bare
+    residue sequence in its markers and an instruction run puts a prompt, or a whole conversation, in its
+    template; answers stop where the task's turns end."""
 
-    settings, model, tokenizer = load_run(run_dir)
-    task = settings.task()
-    ids = task.prompt_ids(prompt, tokenizer)
-    if not ids:
-        raise ValueError("the prompt is empty: give at least one character to continue")
-    torch.manual_seed(seed)
-    window = task.context_length() or getattr(model.config, "max_position_embeddings", None)
-    new = stream(model, tokenizer, ids, max_new_tokens=max_new_tokens, sampling=sampling, window=window)
-    return tokenizer.decode(new, skip_special_tokens=True)
+    def __init__(self, run_dir: str | Path):
+        from ginformer.runs.evaluate import load_run
+
+        settings, self.model, self.tokenizer = load_run(run_dir)
+        self.task = settings.task()
+        self.window = self.task.context_length() or getattr(self.model.config, "max_position_embeddings", None)
+        self.stop = self.task.stop_string()
+
+    def encode(self, prompt: str | Sequence[Mapping[str, str]]) -> list[int]:
+        """A text, or a conversation so far as {role, content} messages (instruction runs)."""
+        ids = self.task.prompt_ids(prompt, self.tokenizer)
+        if not ids:
+            raise ValueError("the prompt is empty: give at least one character to continue")
+        return ids
+
+    def text(self, ids: Sequence[int]) -> str:
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        return text.split(self.stop, 1)[0] if self.stop else text
+
+    def continue_text(self, prompt: str, *, max_new_tokens: int = 200, sampling: Sampling | None = None,
+                      seed: int = 0) -> str:
+        """Continue one prompt, streaming to stdout; returns the generated text."""
+        torch.manual_seed(seed)
+        return self.text(stream(self.model, self.tokenizer, self.encode(prompt), max_new_tokens=max_new_tokens,
+                                sampling=sampling, window=self.window, stop=self.stop))
+
+    def complete_file(self, prompts: str | Path, output: str | Path, *, max_new_tokens: int = 200,
+                      sampling: Sampling | None = None, seed: int = 0, batch_size: int = 8) -> int:
+        """Answer every prompt of a file, batched, into a JSONL of {where, prompt, completion}; returns the count.
+
+        `prompts`: a .txt file (one prompt per line) or a .jsonl file whose rows hold a `prompt` (a string, or a
+        list of {role, content} messages) or `messages` (a conversation so far)."""
+        rows = read_prompts(Path(prompts))
+        torch.manual_seed(seed)
+        ids = [self.encode(prompt) for _, prompt in rows]
+        window = self.window or max(map(len, ids)) + max_new_tokens
+        too_long = [where for (where, _), prompt in zip(rows, ids) if len(prompt) + max_new_tokens > window]
+        if too_long:
+            raise ValueError(f"{prompts}: {', '.join(too_long[:5])}: the prompt and --max-new-tokens exceed the "
+                             f"{window} positions the model was trained on")
+        new = generate_batched(self.model, self.tokenizer, ids, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                               stop=self.stop, sampling=sampling)
+        with Path(output).open("w") as f:
+            for (where, prompt), answer in zip(rows, new):
+                f.write(json.dumps({"where": where, "prompt": prompt, "completion": self.text(answer)},
+                                   ensure_ascii=False) + "\n")
+        return len(rows)
+
+    def chat(self, lines: Iterable[str], *, max_new_tokens: int = 256, sampling: Sampling | None = None,
+             seed: int = 0, show: Callable[[str], None] = print) -> list[dict[str, str]]:
+        """A conversation: each line is the user's next turn, the model answers (streamed) with the whole history
+        in the run's template. "/reset" forgets the history; "/exit" or the end of input ends. Returns the
+        conversation as messages."""
+        torch.manual_seed(seed)
+        messages: list[dict[str, str]] = []
+        show("chat with the model: /reset forgets the conversation, /exit or Ctrl-D ends it")
+        for line in lines:
+            text = line.strip()
+            if text == "/exit":
+                break
+            if text == "/reset":
+                messages = []
+                show("(conversation forgotten)")
+                continue
+            if not text:
+                continue
+            messages.append({"role": "user", "content": text})
+            new = stream(self.model, self.tokenizer, self.encode(messages), max_new_tokens=max_new_tokens,
+                         sampling=sampling, window=self.window, stop=self.stop)
+            messages.append({"role": "assistant", "content": self.text(new).strip()})
+        return messages
+
+
+def read_prompts(path: Path) -> list[tuple[str, str | list]]:
+    """(where, prompt) pairs of a prompts file: .txt lines, or .jsonl rows with `prompt` or `messages`."""
+    if not path.is_file():
+        raise FileNotFoundError(f"prompts file not found: {path}")
+    if path.suffix == ".jsonl":
+        rows = []
+        for where, row in read_records(path, (".jsonl",))[0]:
+            prompt = row.get("prompt", row.get("messages")) if isinstance(row, dict) else None
+            if not isinstance(prompt, (str, list)) or not prompt:
+                raise ValueError(f"{path}: {where}: expected an object with a 'prompt' (text or messages) or "
+                                 f"'messages'" + (f" ({row})" if isinstance(row, str) else ""))
+            rows.append((where, prompt))
+        return rows
+    try:
+        lines = path.read_bytes().decode("utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: byte {err.start}: not UTF-8 text") from None
+    rows = [(f"line {n}", line) for n, line in enumerate(lines, start=1) if line.strip()]
+    if not rows:
+        raise ValueError(f"{path}: no prompt in it")
+    return rows

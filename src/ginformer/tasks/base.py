@@ -119,6 +119,10 @@ class Task(ABC):
     def prompt_ids(self, text: str, tokenizer: PreTrainedTokenizerBase) -> list[int]:
         """Token ids a model continues for `ginformer generate --prompt text`."""
 
+    def stop_string(self) -> str | None:
+        """Text that ends an answer where the tokenizer has no end token for it (the paper template's)."""
+        return None
+
     def context_length(self) -> int | None:
         """The longest context the task trains on, when it is shorter than the model's positions (text blocks)."""
         return None

@@ -1,58 +1,76 @@
-"""Instruction tasks for fine-tuning a pretrained model (paper section 4.2): GSM8K and FOLIO.
+"""Instruction tasks for fine-tuning a pretrained model (paper section 4.2): any instruction data, and GSM8K and
+FOLIO as presets that add their metrics.
 
-Each row is a user turn and the assistant's answer, formatted with the paper's template or the tokenizer's chat
-template (data/instruct.py); the loss falls on the answer only. Rows longer than `data.max_length` tokens are
-dropped, never cut (a cut row loses its answer or its end marker), with one warning giving the count, so a run,
-its evaluation and a comparison all see the same rows.
+    instruct   a .jsonl/.json/.parquet file or hub dataset in TRL's shapes (text, prompt/completion, messages;
+               data/instruct.py), formatted with the tokenizer's chat template or the paper's; loss and
+               perplexity on the validation split, and a few generated answers for a look
+    gsm8k      grade-school maths: exact match of the final number, "strict" after ``####``, "flexible" the last
+               number anywhere, beside always answering the training split's most common final number
+    folio      first-order logic: label accuracy (the first True/False/Uncertain), beside the majority label's
 
-Metrics beside loss and perplexity, from greedy generation (stopping at the template's end marker):
-    gsm8k   exact match of the final number: "strict" reads the number after ``####``, "flexible" the last
-            number anywhere; beside them the majority baseline: always answering the training split's most
-            common final number
-    folio   label accuracy (the first True/False/Uncertain in the generation), beside the majority label's
+Rows longer than `data.max_length` tokens are dropped with a count, never cut silently (a cut row loses its
+answer or its end marker), or with `data.truncate: left` cut from the left keeping the last assistant turn
+whole; a run, its evaluation and a comparison all see the same rows.
 """
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, Mapping, Sequence
 
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from ginformer.data.batches import target_counts
 from ginformer.data.instruct import (
+    FORMATS,
     PAPER_END,
+    InstructData,
     InstructExample,
+    Message,
     OnBadRow,
     Template,
+    encode_generation_prompt,
+    load_instruct,
+    split_examples,
+    tokenize_example,
+    truncate_left,
+)
+from ginformer.data.reasoning import (
     extract_label,
     gsm8k_extract_flexible,
     gsm8k_extract_strict,
     load_folio,
     load_gsm8k,
     majority_baseline,
-    encode_generation_prompt,
-    split_examples,
-    tokenize_example,
 )
-from ginformer.data.batches import target_counts
 from ginformer.runs.generate import generate_batched
-from ginformer.runs.settings import check_fields, positive, require
+from ginformer.runs.settings import ConfigError, check_fields, positive, require
 from ginformer.tasks.base import Column, Feature, Generation, HeldOut, Losses, Scores, Splits, Task
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class InstructSettings:
-    """Which rows, from where, in which template, and which are kept."""
+    """Which rows, from where, in which shape and template, and which are kept."""
 
-    task: str = "gsm8k"  # "gsm8k" or "folio": the row format and the metrics
-    source: str = "bundled"  # "bundled" (data/gsm8k, data/folio), a .jsonl file in the task's format, or a hub id
+    task: str = "instruct"  # "instruct", or a preset that reads its own rows and adds metrics: "gsm8k", "folio"
+    source: str = "bundled"  # a .jsonl/.json/.parquet file or a hub id; "bundled": a preset's data/gsm8k, data/folio
     hub_config: str | None = None  # the hub dataset's config name (openai/gsm8k needs "main")
-    template: Template = "paper"  # "paper": ### User: ...<|eot_id|>### Assistant: ...; "chat": the tokenizer's
-    max_length: int = 384  # examples longer than this many tokens are dropped, never cut (a cut loses the answer)
+    hub_split: str = "train"  # the hub split to read (the validation split is cut from it)
+    format: Literal["auto", "text", "prompt_completion", "messages"] = "auto"  # auto: read off the columns
+    columns: dict[str, str] = field(default_factory=dict)  # our name -> yours, e.g. {prompt: question}
+    # "chat": the tokenizer's chat template; "paper": ### User: ...<|eot_id|>### Assistant: ...<|eot_id|>.
+    # None: chat for conversations (messages, conversational prompt/completion), paper for plain strings.
+    template: Template | None = None
+    max_length: int = 384  # examples longer than this many tokens are dropped (or cut, see truncate)
+    truncate: Literal["drop", "left"] = "drop"  # left: cut from the left, keeping the last assistant turn whole
     val_fraction: float = 0.1  # the paper holds out 10%
     split_seed: int = 42  # fixes the split, independent of the training seed
     on_bad_row: OnBadRow = "skip"  # a malformed row is dropped with a warning, or stops the run
@@ -64,25 +82,51 @@ class InstructSettings:
         require(self.max_length >= 2, "data.max_length", self.max_length, ">= 2")
         require(0.0 < self.val_fraction < 1.0, "data.val_fraction", self.val_fraction, "in (0, 1)")
         positive(self, "data", "max_train_examples", "max_val_examples")
+        names = sorted({name for names in FORMATS.values() for name in names})
+        for ours in self.columns:
+            require(ours in names, f"data.columns.{ours}", self.columns[ours], f"keys among {names}")
 
 
 class InstructTask(Task):
-    """What GSM8K and FOLIO share: rows, the grouped split, templates, length filtering, generation."""
+    """Any instruction data: the rows, the grouped split, templates, length filtering, generated samples."""
 
+    name = "instruct"
+    settings_class = InstructSettings
     model_sides = frozenset({"pretrained"})  # a from-scratch model would first have to learn the language
     evaluate_options = frozenset({"generate", "max_new_tokens"})
-    settings_class = InstructSettings
+    default_max_new_tokens: ClassVar[int] = 256  # when `evaluate` is not told
+    default_generations: ClassVar[int | None] = 5  # rows generated for a look; None: all (scored presets)
     settings: InstructSettings
-    default_max_new_tokens: ClassVar[int]  # when `evaluate` is not told
 
-    def load(self, source: str | Path, on_bad_row: OnBadRow, hub_config: str | None) -> list[InstructExample]:
-        raise NotImplementedError
+    def check_model_side(self, side: str) -> None:
+        super().check_model_side(side)
+        if self.settings.source == "bundled":
+            raise ConfigError("data.source: task 'instruct' reads your data: a .jsonl/.json/.parquet file or a hub "
+                              "id (the bundled sets are the presets data.task=gsm8k and data.task=folio)")
+
+    def load(self, source: str | Path) -> InstructData:
+        s = self.settings
+        data = load_instruct(source, format=s.format, columns=s.columns, on_bad_row=s.on_bad_row,
+                             hub_config=s.hub_config, hub_split=s.hub_split)
+        if s.format == "auto":
+            log.info("%s: read as %s rows (data.format: auto)", source, data.format)
+        return data
+
+    @cached_property
+    def data(self) -> InstructData:
+        """The rows of the settings' source, read once."""
+        return self.load(self.settings.source)
 
     def examples(self, source: str | Path | None = None) -> list[InstructExample]:
         """Every usable row: of `source` when given, else of the settings' source."""
-        s = self.settings
-        source = s.source if source is None else source
-        return self.load(None if source == "bundled" else source, on_bad_row=s.on_bad_row, hub_config=s.hub_config)
+        return self.data.examples if source is None else self.load(source).examples
+
+    @property
+    def template(self) -> Template:
+        """The template set, else chat for conversations and paper for plain prompt/completion strings."""
+        if self.settings.template is not None:
+            return self.settings.template
+        return "chat" if self.data.conversational else "paper"
 
     def splits(self) -> tuple[list[InstructExample], list[InstructExample]]:
         """The (train, val) rows before tokenisation: the grouped split of data/instruct.py."""
@@ -91,21 +135,25 @@ class InstructTask(Task):
     def fit(
         self, examples: list[InstructExample], tokenizer: PreTrainedTokenizerBase, limit: int | None
     ) -> tuple[list[InstructExample], list[Feature]]:
-        """The first `limit` (None: all) examples whose tokens fit data.max_length, and their features."""
+        """The first `limit` (None: all) examples that fit data.max_length (cut from the left when
+        data.truncate says so), and their features."""
         s = self.settings
         kept, features, dropped = [], [], 0
         for example in tqdm(examples, desc="tokenize", leave=False, disable=None):
             if limit is not None and len(kept) == limit:
                 break
-            feature = tokenize_example(example, tokenizer, s.template)
+            feature = tokenize_example(example, tokenizer, self.template)
             if len(feature["input_ids"]) > s.max_length:
-                dropped += 1
-                continue
+                feature = truncate_left(feature, s.max_length) if s.truncate == "left" else None
+                if feature is None:
+                    dropped += 1
+                    continue
             kept.append(example)
             features.append(feature)
         if dropped:
+            how = "whose last assistant turn alone is" if s.truncate == "left" else ""
             warnings.warn(
-                f"{s.task}: dropped {dropped} of {len(kept) + dropped} examples longer than "
+                f"{s.task}: dropped {dropped} of {len(kept) + dropped} examples {how} longer than "
                 f"data.max_length={s.max_length} tokens",
                 stacklevel=2,
             )
@@ -124,8 +172,8 @@ class InstructTask(Task):
                 f"{s.task} ({s.source}): {len(train_features)} training and {len(val_features)} validation "
                 f"examples fit data.max_length={s.max_length}; both need at least one"
             )
-        return Splits(train_features, val_features, longest=max(len(f["input_ids"]) for f in
-                                                                 train_features + val_features))
+        longest = max(len(f["input_ids"]) for f in train_features + val_features)
+        return Splits(train_features, val_features, longest)
 
     def held_out(self, tokenizer: PreTrainedTokenizerBase, data: Path | None, limit: int | None) -> HeldOut:
         s = self.settings
@@ -141,8 +189,8 @@ class InstructTask(Task):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # training reported the dropped rows already
             _, train_features = self.fit(train, tokenizer, s.max_train_examples)
-        groups = {e.group for e in train}
         counts = target_counts(train_features, len(tokenizer))
+        groups = {e.group for e in train}
         return HeldOut(name, features, examples, train, counts, sum(e.group in groups for e in examples))
 
     def generate_answers(
@@ -150,8 +198,8 @@ class InstructTask(Task):
     ) -> list[str]:
         """Greedy answers as text, cut at the template's end marker (the paper's ``<|eot_id|>`` string; the
         tokenizer's end token for the chat template)."""
-        stop = PAPER_END if self.settings.template == "paper" else None
-        prompts = [encode_generation_prompt(e, tokenizer, self.settings.template) for e in examples]
+        stop = self.stop_string()
+        prompts = [encode_generation_prompt(e, tokenizer, self.template) for e in examples]
         new = generate_batched(model, tokenizer, prompts,
                                max_new_tokens=generation.max_new_tokens or self.default_max_new_tokens,
                                batch_size=generation.batch_size, stop=stop)
@@ -159,27 +207,63 @@ class InstructTask(Task):
         return [text.split(stop, 1)[0] if stop else text for text in texts]
 
     def score(self, model, tokenizer, held_out: HeldOut, generation: Generation, losses: Losses) -> Scores:
-        rows = list(held_out.rows)[: generation.rows]
+        count = self.default_generations if generation.rows is None else generation.rows
+        rows = [e for e in held_out.rows if e.text is None][:count]  # a text row has no prompt to answer
         if not rows:
             return Scores()
         completions = self.generate_answers(model, tokenizer, rows, generation)
         scores = self.score_answers(completions, rows, held_out.train_rows)
-        generations = [{"line": e.line, "reference": e.reference, "generation": c} for e, c in zip(rows, completions)]
-        return Scores(scores.values, scores.baselines, {**scores.notes, "scored_rows": len(rows)}, generations)
+        generations = [{"where": e.where, "prompt": e.prompt[-1].content, "reference": e.reference or e.answer,
+                        "generation": c} for e, c in zip(rows, completions)]
+        return Scores(scores.values, scores.baselines, {**scores.notes, "generated_rows": len(rows)}, generations)
 
     def score_answers(
         self, completions: list[str], rows: list[InstructExample], train: list[InstructExample]
     ) -> Scores:
-        raise NotImplementedError
+        """Metrics of generated answers; none for arbitrary data, whose answers are kept for a look."""
+        return Scores()
 
-    def prompt_ids(self, text: str, tokenizer: PreTrainedTokenizerBase) -> list[int]:
-        """`text` as the user's turn in the run's template; the model writes the assistant's answer."""
-        example = InstructExample(user=text, answer="", reference="", group="", line=0)
-        return encode_generation_prompt(example, tokenizer, self.settings.template)
+    def prompt_ids(self, prompt: str | Sequence[Mapping[str, str]], tokenizer: PreTrainedTokenizerBase) -> list[int]:
+        """A text as the user's turn, or a conversation so far ({role, content} messages), in the run's template;
+        the model writes the assistant's next turn."""
+        if isinstance(prompt, str):
+            return encode_generation_prompt((Message("user", prompt),), tokenizer, self.template)
+        try:
+            messages = tuple(Message(m["role"], m["content"]) for m in prompt)
+        except (KeyError, TypeError):
+            raise ValueError(f"a conversation must be a list of {{role, content}} messages, got {prompt!r}") from None
+        return encode_generation_prompt(messages, tokenizer, self.template)
+
+    def stop_string(self) -> str | None:
+        return PAPER_END if self.template == "paper" else None
+
+    def describe(self) -> str:
+        s = self.settings
+        return f"{s.task} ({s.source}), {self.template} template, rows of at most {s.max_length} tokens"
 
 
-class GSM8KTask(InstructTask):
+class _Preset(InstructTask):
+    """An instruction set with its own reader, its bundled copy and its metrics; plain strings, paper template."""
+
+    default_generations = None
+
+    def check_model_side(self, side: str) -> None:
+        Task.check_model_side(self, side)
+        s = self.settings
+        if s.format != "auto" or s.columns:
+            raise ConfigError(f"data.format and data.columns do not apply to task '{self.name}', which reads its own "
+                              "rows; use data.task=instruct for other data")
+
+    def load(self, source: str | Path) -> InstructData:
+        s = self.settings
+        examples = self.reader(None if source == "bundled" else source, on_bad_row=s.on_bad_row,
+                               hub_config=s.hub_config, hub_split=s.hub_split)
+        return InstructData(examples, "prompt_completion", conversational=False)
+
+
+class GSM8KTask(_Preset):
     name = "gsm8k"
+    reader = staticmethod(load_gsm8k)
     default_max_new_tokens = 256  # worked answers are ~100-200 SmolLM2 tokens
     columns = (
         Column("strict", "GSM8K strict", ".3f", figure=True),
@@ -187,23 +271,18 @@ class GSM8KTask(InstructTask):
         Column("no_strict_answer", "no '#### N'", ".3f"),
     )
 
-    def load(self, source, on_bad_row, hub_config):
-        return load_gsm8k(source, on_bad_row=on_bad_row, hub_config=hub_config)
-
     def score_answers(self, completions, rows, train) -> Scores:
         return score_gsm8k(completions, [e.reference for e in rows], [e.reference for e in train])
 
 
-class FolioTask(InstructTask):
+class FolioTask(_Preset):
     name = "folio"
+    reader = staticmethod(load_folio)
     default_max_new_tokens = 8  # the answer is one label word
     columns = (
         Column("accuracy", "FOLIO accuracy", ".3f", figure=True),
         Column("no_label", "no label", ".3f"),
     )
-
-    def load(self, source, on_bad_row, hub_config):
-        return load_folio(source, on_bad_row=on_bad_row, hub_config=hub_config)
 
     def score_answers(self, completions, rows, train) -> Scores:
         label, _ = majority_baseline(train, rows)
