@@ -168,8 +168,15 @@ def read_csv(path: Path) -> list[dict]:
 def test_compare_end_to_end_writes_summary_and_figures_then_reuses_finished_runs(tmp_path, monkeypatch, capsys):
     config_path = tmp_path / "compare.yaml"
     config_path.write_text(yaml.safe_dump(tiny_config(tmp_path / "runs")))
-    root = run_comparison(load_compare_settings(config_path))
-    assert root == tmp_path / "runs" / "tiny_compare"
+    # --only trains one run (processes can share an accelerator); the summary waits for the others.
+    assert main(["compare", "--config", str(config_path), "--only", "gin_half/seed3"]) == 0
+    assert "3 run(s) still to train (gin_half/seed4, gin_two/seed3, gin_two/seed4)" in capsys.readouterr().out
+    root = tmp_path / "runs" / "tiny_compare"
+    assert (root / "gin_half" / "seed3" / "eval_val.json").is_file() and not (root / "gin_two").exists()
+    assert not (root / "summary.md").exists()
+    assert main(["compare", "--config", str(config_path), "--only", "gin_three"]) == 2
+    assert "--only gin_three: no such run" in capsys.readouterr().err
+    assert run_comparison(load_compare_settings(config_path)) == root
 
     for variant in ("gin_half", "gin_two"):
         for seed in (3, 4):

@@ -85,12 +85,21 @@ def _compare_arguments(parser: argparse.ArgumentParser) -> None:
         "--config", required=True, help="compare config YAML, e.g. configs/shakespeare_compare_cpu.yaml"
     )
     _comparison_options(parser)
+    parser.add_argument("--only", action="append", default=[], metavar="VARIANT[/seedK]",
+                        help="train and evaluate only these runs (repeatable), e.g. to share a GPU between "
+                        "processes; the summary is written once every run is done")
 
 
 def _compare(args: argparse.Namespace) -> None:
-    from ginformer.runs.compare import load_compare_settings, run_comparison
+    from ginformer.runs.compare import load_compare_settings, pending_runs, run_comparison
 
-    _print_comparison(run_comparison(load_compare_settings(args.config, args.overrides), overwrite=args.overwrite))
+    settings = load_compare_settings(args.config, args.overrides)
+    root = run_comparison(settings, overwrite=args.overwrite, only=args.only)
+    pending = pending_runs(settings)
+    if pending:
+        print(f"{root}: {len(pending)} run(s) still to train ({', '.join(pending)}); the summary comes once they are")
+    else:
+        _print_comparison(root)
 
 
 def _comparison_options(parser: argparse.ArgumentParser) -> None:

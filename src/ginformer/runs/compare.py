@@ -246,34 +246,58 @@ def variant_parameters(settings: CompareSettings) -> dict[str, tuple[int, int]]:
     return sizes
 
 
-def run_comparison(settings: CompareSettings, overwrite: bool = False) -> Path:
+def run_comparison(settings: CompareSettings, overwrite: bool = False, only: Sequence[str] = ()) -> Path:
     """Train and evaluate every (variant, seed) run that is not done yet (and the frozen base when asked),
-    then write the summary and figures. Returns the comparison directory."""
+    then write the summary and figures. Returns the comparison directory.
+
+    `only` ("variant" or "variant/seedK", "base") trains and evaluates just those runs, so several processes
+    can share a machine's accelerator; the summary is written once no run is pending."""
     root = settings.root
     if settings.side == "scratch":
         variant_parameters(settings)  # fail on a variant that cannot be sized before anything trains
     if overwrite and root.exists():
         shutil.rmtree(root)
-    plan = [(variant, seed, run) for variant, seed, run in settings.runs()]
+    plan = planned_runs(settings)
     for _, _, run in plan:
         if _finished(run):
             refuse_changed_run(run.run_dir, run.to_dict())
+    if only:
+        names = {_name(variant, seed) for variant, seed, _ in plan} | {variant for variant, _, _ in plan}
+        unknown = sorted(set(only) - names)
+        if unknown:
+            raise ConfigError(f"--only {', '.join(unknown)}: no such run; runs: {', '.join(sorted(names))}")
+        plan = [(v, s, run) for v, s, run in plan if v in only or _name(v, s) in only]
     root.mkdir(parents=True, exist_ok=True)
     (root / COMPARE_FILE).write_text(yaml.safe_dump(settings.to_dict(), sort_keys=False))
-    if settings.baseline:
-        plan.append((BASELINE, None, settings.baseline_settings()))
 
     progress = tqdm(plan, desc="compare", unit="run", disable=None)
     for variant, seed, run in progress:
-        progress.set_postfix_str(variant if seed is None else f"{variant} seed {seed}")
+        progress.set_postfix_str(_name(variant, seed))
         run_dir = run.run_dir
         if not _finished(run):
             checkpoint = any(run_dir.glob("checkpoint-*"))
             train(run, resume=checkpoint, overwrite=run_dir.exists() and not checkpoint)
         if not (run_dir / EVAL_FILE).is_file():
             evaluate_run(run_dir, **settings.evaluate)
-    write_summary(settings)
+    if not pending_runs(settings):
+        write_summary(settings)
     return root
+
+
+def planned_runs(settings: CompareSettings) -> list[tuple[str, int | None, RunSettings]]:
+    """Every run of the comparison, the frozen base (seed None) last when there is one."""
+    plan = [(variant, seed, run) for variant, seed, run in settings.runs()]
+    return plan + ([(BASELINE, None, settings.baseline_settings())] if settings.baseline else [])
+
+
+def pending_runs(settings: CompareSettings) -> list[str]:
+    """The runs not yet trained and evaluated, as "variant/seedK" (or "base")."""
+    return [_name(v, s) for v, s, run in planned_runs(settings)
+            if not (_finished(run) and (run.run_dir / EVAL_FILE).is_file())]
+
+
+def _name(variant: str, seed: int | None) -> str:
+    return variant if seed is None else f"{variant}/seed{seed}"
 
 
 def _finished(run: RunSettings) -> bool:
