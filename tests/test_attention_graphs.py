@@ -1,5 +1,5 @@
-"""ginformer.viz.attention_graphs and `ginformer graph` on tiny random models: a GINformer (GIN and standard layers), a plain
-transformers Llama and a Sparse-GIN-adapted Llama, checked against naive per-head attention written out here."""
+"""ginformer.viz.attention_graphs and `ginformer graph` on tiny random models: a GINformer (GIN and standard
+layers), a plain transformers Llama and a Sparse-GIN-adapted Llama, checked against naive per-head attention written out here."""
 
 import json
 import math

@@ -94,6 +94,10 @@ def test_missing_keys_and_overrides(tmp_path):
     run = settings.run_settings("gin_two", 4)
     assert (run.training.max_steps, run.training.seed, run.model.gin_mlp_multiplier) == (9, 4, 2.0)
     assert run.run_dir == tmp_path / "tiny_compare" / "gin_two" / "seed4"
+    smaller = compare_settings_from_dict(tiny_config(tmp_path), ["seeds=[7]", "target_params=30000",
+                                                                 "variants.gin_two.gin_mlp_multiplier=4"])
+    assert (smaller.seeds, smaller.target_params) == ([7], 30_000)  # the compare config's own keys too
+    assert smaller.run_settings("gin_two", 7).model.gin_mlp_multiplier == 4.0
 
 
 def test_variants_are_sized_to_the_same_parameter_count(tmp_path):

@@ -10,6 +10,7 @@ from transformers import LlamaConfig
 
 from ginformer.adapter import SparseGINConfig
 from ginformer.cli import main
+from ginformer.modeling import GinformerConfig
 from ginformer.runs.config import (
     TrainingSettings,
     apply_overrides,
@@ -20,7 +21,6 @@ from ginformer.runs.config import (
 )
 from ginformer.runs.models import PretrainedModelSettings, ScratchModelSettings
 from ginformer.runs.settings import ConfigError
-from ginformer.modeling import GinformerConfig
 from ginformer.sizing import config_parameters
 from ginformer.tasks import TASKS
 

@@ -151,8 +151,8 @@ def test_bad_rows_are_named_by_line_and_field(tmp_path):
 
 
 def test_a_file_that_mixes_formats_names_the_rows_that_disagree(tmp_path):
-    path = write_jsonl(tmp_path / "mixed.jsonl", [{"prompt": "p", "completion": "c"}, {"prompt": "p2", "completion": "c"},
-                                                   {"messages": MULTI_TURN}])
+    rows = [{"prompt": "p", "completion": "c"}, {"prompt": "p2", "completion": "c"}, {"messages": MULTI_TURN}]
+    path = write_jsonl(tmp_path / "mixed.jsonl", rows)
     with pytest.raises(ValueError, match=r"rows disagree on the format \(line 1 is prompt_completion, line 3 is "
                                          r"messages\)"):
         load_instruct(path)

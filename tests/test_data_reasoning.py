@@ -285,7 +285,8 @@ def test_majority_baseline(folio):
     counts = Counter(e.reference for e in train)
     assert counts[label] == max(counts.values())
     assert accuracy == pytest.approx(sum(e.reference == label for e in val) / len(val))
-    tie = [conversation("q", x, reference=x, group=str(i)) for i, x in enumerate(["Uncertain", "False", "False", "Uncertain"])]
+    labels = ["Uncertain", "False", "False", "Uncertain"]
+    tie = [conversation("q", x, reference=x, group=str(i)) for i, x in enumerate(labels)]
     assert majority_baseline(tie, tie) == ("False", 0.5)  # tie broken by FOLIO_LABELS order
     with pytest.raises(ValueError, match="non-empty"):
         majority_baseline([], tie)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import LAYERS  # noqa: E402  (the tiny base's, built in conftest.py)
 from safetensors.torch import load_file
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -28,7 +29,6 @@ from ginformer.runs.train import train
 from ginformer.tasks import Generation, HeldOut, Losses
 from ginformer.tasks.instruct import FolioTask, GSM8KTask, InstructSettings, score_folio, score_gsm8k
 
-from conftest import LAYERS  # noqa: E402  (the tiny base's, built in conftest.py)
 D_GNN = 9  # on the tiny base, 2 × 67 × (9 + 1) = 1,340 Sparse-GIN parameters; LoRA r=3 on q/k/v/o has 1,344
 
 
@@ -256,9 +256,11 @@ def test_folio_accuracy_and_majority_baseline_from_generation(base_dir):
     tokenizer = PreTrainedTokenizerFast.from_pretrained(base_dir)
     tokenizer.pad_token = tokenizer.eos_token
     labels = ["True", "False", "Uncertain", "True"]
-    rows = [conversation(f"premise {i}\nConclusion: c\nTrue, False, or Uncertain?", label, reference=label, group=str(i))
+    question = "\nConclusion: c\nTrue, False, or Uncertain?"
+    rows = [conversation(f"premise {i}{question}", label, reference=label, group=str(i))
             for i, label in enumerate(labels)]
-    train = [conversation("t", label, reference=label, group=f"t{i}") for i, label in enumerate(["False", "False", "True"])]
+    train = [conversation("t", label, reference=label, group=f"t{i}")
+             for i, label in enumerate(["False", "False", "True"])]
     answers = ["True", "It is false.", "unknown", "no idea"]  # right, right, right (Unknown = Uncertain), none
     model = ScriptedModel(tokenizer, {tokenizer.decode(encode_generation_prompt(row, tokenizer)): a
                                       for row, a in zip(rows, answers)})
@@ -306,7 +308,8 @@ def _events(method, lambdas, val_ppl, train_loss):
 def test_run_summary_and_lambda_history():
     metrics = _events("sparse-gin", [[0.05, 0.0], [0.1, 0.2], [0.3, 0.1]], [9.0, 5.0, 6.0], [2.0, 1.5, 1.0])
     run = run_summary("sg", 0, metrics, {"scores": {"strict": 0.5, "flexible": 0.75}})
-    assert (run.final_val_perplexity, run.final_train_loss) == (6.0, 1.0) and run.min_val_perplexity == pytest.approx(5.0)
+    assert (run.final_val_perplexity, run.final_train_loss) == (6.0, 1.0)
+    assert run.min_val_perplexity == pytest.approx(5.0)
     assert (run.step_time_s, run.wall_time_s, run.scores["strict"]) == (pytest.approx(1.0), 3.0, 0.5)
     history = run.graph["lambda"]
     assert history[-1] == (3, [0.3, 0.1]) and [s for s, _ in history] == [0, 1, 2, 3]

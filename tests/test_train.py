@@ -14,9 +14,9 @@ import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, TrainerCallback
 
 import ginformer
+from ginformer.data.batches import IGNORE_INDEX, CausalLMCollator, tokenize_with_prompt
 from ginformer.data.protein import ProteinRecord, format_protein_example, format_protein_prompt
 from ginformer.data.tokenizer import build_protein_tokenizer
-from ginformer.data.batches import IGNORE_INDEX, CausalLMCollator, tokenize_with_prompt
 from ginformer.runs.config import load_run_settings
 from ginformer.runs.settings import ConfigError
 from ginformer.runs.train import TrainingDiverged, token_nll, train

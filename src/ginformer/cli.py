@@ -24,7 +24,7 @@ def _set_option(parser: argparse.ArgumentParser, example: str) -> None:
 
 def _run_config_arguments(parser: argparse.ArgumentParser, config_example: str, set_example: str) -> None:
     parser.add_argument(
-        "--config", required=True, help=f"run config YAML (a path, or the name of a bundled config), e.g. {config_example}"
+        "--config", required=True, help=f"run config YAML (a path, or a bundled config's name), e.g. {config_example}"
     )
     _set_option(parser, set_example)
     flags = parser.add_mutually_exclusive_group()

@@ -35,7 +35,8 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict | str]]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as err:
-                raise ValueError(f"{path}: line {number}, column {err.start + 1}: not UTF-8 text ({err.reason})") from None
+                where = f"line {number}, column {err.start + 1}"
+                raise ValueError(f"{path}: {where}: not UTF-8 text ({err.reason})") from None
             if not line.strip():
                 continue
             try:

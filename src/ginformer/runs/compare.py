@@ -144,8 +144,11 @@ def load_compare_settings(path: str | Path, overrides: Sequence[str] = ()) -> Co
 
 
 def compare_settings_from_dict(raw: Any, overrides: Sequence[str] = ()) -> CompareSettings:
+    """Validated settings of a parsed compare config; `overrides` change its sections (``training.max_steps=9``)
+    or its own keys (``seeds=[0]``, ``target_params=60000``)."""
     if not isinstance(raw, Mapping):
         raise ConfigError(f"a compare config must be a mapping with keys {list(REQUIRED_KEYS)}")
+    raw = apply_overrides(raw, overrides, depth=1)
     allowed = [*REQUIRED_KEYS, *OPTIONAL_KEYS, *SECTIONS]
     for key in raw:
         if key not in allowed:
@@ -166,7 +169,7 @@ def compare_settings_from_dict(raw: Any, overrides: Sequence[str] = ()) -> Compa
     if not isinstance(variants, Mapping) or not variants:
         raise ConfigError("variants must be a non-empty mapping of variant name -> model settings to change")
 
-    base = apply_overrides({s: raw.get(s) or {} for s in SECTIONS}, overrides)
+    base = {s: raw.get(s) or {} for s in SECTIONS}
     for section, values in base.items():
         if not isinstance(values, Mapping):
             raise ConfigError(f"section '{section}' must be a mapping of keys to values, got {values!r}")
@@ -626,8 +629,9 @@ def write_figures(
         for variant, group in groups.items():
             history = _mean_history([r.graph.get(key, []) for r in group])
             if len(history) >= 2 and history[0][1] != history[-1][1] and None not in history[0][1]:
+                title = f"{symbol} per layer over training: {variant} (mean over seeds)"
                 paths += plots.plot_scalar_heatmap(history, out / f"{key}_over_training_{variant}", symbol=symbol,
-                                                   title=f"{symbol} per layer over training: {variant} (mean over seeds)")
+                                                   title=title)
                 paths += plots.plot_scalar_summary(history, out / f"{key}_summary_{variant}", symbol=symbol,
                                                    title=f"{symbol}: {variant}")
     gamma = _gamma_points(settings, groups)

@@ -154,13 +154,14 @@ def _check_side(model: Mapping[str, Any], side: ModelSide) -> None:
             )
 
 
-def apply_overrides(raw: Mapping[str, Any] | None, overrides: Sequence[str]) -> dict[str, Any]:
-    """A deep copy of `raw` with each ``a.b[.c]=value`` applied in order; values are parsed as YAML."""
+def apply_overrides(raw: Mapping[str, Any] | None, overrides: Sequence[str], depth: int = 2) -> dict[str, Any]:
+    """A deep copy of `raw` with each ``a.b[.c]=value`` applied in order; values are parsed as YAML. Keys are at
+    least `depth` deep: a run config's are section.key; a compare config also has top-level keys (depth 1)."""
     merged = json.loads(json.dumps(raw or {}))  # a deep copy of plain YAML data
     for text in overrides:
         path, sep, value = text.partition("=")
         keys = path.strip().split(".")
-        if not sep or len(keys) < 2 or not all(keys):
+        if not sep or len(keys) < depth or not all(keys):
             raise ConfigError(f"--set expects section.key=value (e.g. training.max_steps=20), got {text!r}")
         try:
             parsed = yaml.safe_load(value) if value.strip() else None

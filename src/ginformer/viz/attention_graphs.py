@@ -33,9 +33,9 @@ import torch
 from torch import Tensor, nn
 
 from ginformer.adapter import SparseGINConfig, SparseGINModel, sparse_adjacency
-from ginformer.graph import causal_mask
 from ginformer.adapter.model import decoder_layers
 from ginformer.attention import GINAttention, GraphAttention, PNAAttention
+from ginformer.graph import causal_mask
 
 # The Sparse-GIN processing stages (paper Fig. 15), in order, each with its formula.
 STAGES = {

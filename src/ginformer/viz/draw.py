@@ -22,8 +22,6 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ginformer.adapter.config import SparseGINConfig
-
 DEFAULT_ROOT = Path("runs/graphs")
 LAYOUTS = ("arc", "spring", "circular")
 
@@ -158,7 +156,8 @@ def draw_attention_graphs(request: GraphRequest) -> Drawn:
         note(
             plots.plot_causal_graph(
                 graphs.to_networkx(layer, request.head, top_k=request.top_k), f"{stem}_graph",
-                f"layer {layer}, {source}: the {request.top_k} strongest incoming edges per token", layout=request.layout,
+                f"layer {layer}, {source}: the {request.top_k} strongest incoming edges per token",
+                layout=request.layout,
             ),
             f"layer {layer}: causal graph ({source}), the {request.top_k} strongest edges per token (Fig. 2B)",
         )
