@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from ginformer.cli import main
-from ginformer.data.protein import ProteinRecord, format_protein_prompt, majority_baseline
-from ginformer.data.tokenizer import build_protein_tokenizer, label_token_ids, sequence_end_id
+from ginformer.data.protein import SEQ_END, ProteinRecord, format_protein_prompt, majority_baseline
+from ginformer.data.tokenizer import build_protein_tokenizer, label_token_ids
 from ginformer.modeling import GinformerConfig, GinformerForCausalLM
 from ginformer.runs.config import load_run_settings
 from ginformer.runs.evaluate import evaluate_run, format_evaluation, load_run, unigram_loss
@@ -148,7 +148,7 @@ def labelling_model(tokenizer) -> GinformerForCausalLM:
         model.model.layers[0].self_attn.o_proj.weight.zero_()
         model.model.layers[0].mlp.down_proj.weight.zero_()
         model.lm_head.weight.zero_()
-        model.lm_head.weight[ah, sequence_end_id(tokenizer)] = 1.0
+        model.lm_head.weight[ah, tokenizer.convert_tokens_to_ids(SEQ_END)] = 1.0
         model.lm_head.weight[bs, ah] = 1.0
     return model
 

@@ -15,7 +15,6 @@ from ginformer.data.tokenizer import (
     build_char_tokenizer,
     build_protein_tokenizer,
     label_token_ids,
-    sequence_end_id,
 )
 
 # The paper's section 4.1 list, written out here rather than imported.
@@ -87,7 +86,6 @@ def test_skip_special_tokens_keeps_the_labels(tokenizer, examples):
 def test_label_ids_follow_the_class_order(tokenizer):
     ids = label_token_ids(tokenizer)
     assert tokenizer.convert_ids_to_tokens(ids) == [f"<|{c}|>" for c in SS_CLASSES]
-    assert tokenizer.convert_ids_to_tokens(sequence_end_id(tokenizer)) == "<|/sequence|>"
 
 
 def test_helpers_reject_a_tokenizer_without_the_tokens():
@@ -95,8 +93,6 @@ def test_helpers_reject_a_tokenizer_without_the_tokens():
     other = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<|unk|>")
     with pytest.raises(ValueError, match=r"no '<\|AH\|>' token"):
         label_token_ids(other)
-    with pytest.raises(ValueError, match=r"no '<\|/sequence\|>' token"):
-        sequence_end_id(other)
 
 
 def test_batch_padding_uses_pad(tokenizer):

@@ -60,11 +60,6 @@ def label_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     return [_token_id(tokenizer, t) for t in LABEL_TOKENS]
 
 
-def sequence_end_id(tokenizer: PreTrainedTokenizerBase) -> int:
-    """Id of <|/sequence|>: the primary label is predicted at the position right after it."""
-    return _token_id(tokenizer, SEQ_END)
-
-
 def _token_id(tokenizer: PreTrainedTokenizerBase, token: str) -> int:
     token_id = tokenizer.convert_tokens_to_ids(token)
     if token_id is None or token_id == tokenizer.unk_token_id:
