@@ -81,8 +81,10 @@ def test_sparse_gin_run_writes_the_layout_adapter_only_and_logs_lambda(tmp_path,
     assert start["parameters"] == sum(t.numel() for t in trained) == 2 * 67 * (D_GNN + 1)
     assert (start["model"], start["method"], start["base"]) == ("pretrained", "sparse-gin", str(base_dir))
     for checkpoint in ("checkpoint-2", "checkpoint-4"):  # no copy of the frozen base in any checkpoint
-        files = {p.name for p in (run_dir / checkpoint).iterdir()}
-        assert "adapter_model.safetensors" in files and "model.safetensors" not in files
+        weights = load_file(str(run_dir / checkpoint / "model.safetensors"))  # Trainer's file: the state dict
+        assert set(weights) == set(saved) | {"_extra_state"}  # the adapter and its description
+    card = (run_dir / "adapter" / "README.md").read_text()
+    assert f"`{base_dir}`" in card and "val_loss" in card and "gsm8k" in card
 
     trains = [e for e in metrics if e["event"] == "train"]
     evals = [e for e in metrics if e["event"] == "eval"]
