@@ -90,3 +90,15 @@ def test_files_that_are_not_an_adapter_are_named(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"truncated")
     with pytest.raises(ValueError, match="truncated or corrupt"):
         SparseGINModel.from_pretrained(tiny_base(), tmp_path)
+
+
+def test_adapters_saved_with_zero_dimensional_scalars_still_load(tmp_path):
+    """λ, ε, α and τ were 0-d tensors before FSDP2 (which refuses them) made them 1-element ones."""
+    model = trained(tiny_base())
+    model.save_pretrained(tmp_path)
+    old = {key: value.reshape(()) if value.numel() == 1 else value for key, value in model.adapter_state_dict().items()}
+    save_file(old, str(tmp_path / "adapter_model.safetensors"))
+    loaded = SparseGINModel.from_pretrained(tiny_base(), tmp_path).eval()
+    assert loaded.adapter_scales() == pytest.approx([0.1, 0.2])
+    ids = torch.randint(0, 64, (1, 6))
+    torch.testing.assert_close(logits(loaded, ids), logits(model, ids), rtol=0, atol=0)

@@ -2,6 +2,10 @@
 checkpoints, resume, saving, loading back in one call; packing and gradient checkpointing inside the model."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -234,3 +238,19 @@ def test_get_base_model_and_the_backbone():
     base = tiny_base()
     model = adapted(base)
     assert model.get_base_model() is base and model.base_model is base.model  # transformers' meaning of base_model
+
+
+def test_fsdp2_on_two_cpu_processes_gives_the_unsharded_gradients(tmp_path):
+    """accelerate turns FSDP on only for GPU-like devices (docs/integrations.md), so torch's fully_shard is driven
+    directly here, as accelerate's FSDP2 plugin drives it: per decoder layer, then the whole model."""
+    base_dir = tmp_path / "base"
+    LlamaForCausalLM(LlamaConfig(**{**TINY, "vocab_size": 300})).save_pretrained(base_dir)
+    worker = Path(__file__).with_name("fsdp_worker.py")
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             str(worker), str(base_dir)], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["world_size"] == 2 and report["max_grad_difference"] < 1e-6
+    assert report["state_dict_keys"] == sorted([*report["adapter_keys"], "_extra_state"])
