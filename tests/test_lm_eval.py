@@ -81,8 +81,8 @@ def test_lm_evals_strict_and_flexible_filters_score_what_the_model_generates(bas
 def choice_task(tmp_path_factory):
     """A task YAML in lm-eval's format on a local JSON file: all that offline evaluation needs."""
     root = tmp_path_factory.mktemp("lm_eval_tasks")
-    rows = [{"question": f"Tom has {a} apples and gets {b} more. How many now?", "choices": [str(a + b), str(a * b + 1)],
-             "label": 0} for a, b in [(1, 2), (3, 4), (5, 6), (7, 8)]]
+    rows = [{"question": f"Tom has {a} apples and gets {b} more. How many now?",
+             "choices": [str(a + b), str(a * b + 1)], "label": 0} for a, b in [(1, 2), (3, 4), (5, 6), (7, 8)]]
     (root / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (root / "tiny_choice.yaml").write_text(
         "task: tiny_choice\ndataset_path: json\n"

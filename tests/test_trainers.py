@@ -226,7 +226,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(placement):
     for checkpointing in (False, True):
         model = adapted(tiny_base(), placement=placement, train_tau=True).train()
         if checkpointing:
-            model.gradient_checkpointing_enable()
+            model.activation_checkpointing_enable()
         model(input_ids=ids, labels=ids).loss.backward()
         grads.append({name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad})
     assert grads[0].keys() == grads[1].keys() and grads[0]

@@ -422,9 +422,10 @@ class SparseGINModel(nn.Module):
         if foreign:
             raise ValueError(f"not Sparse-GIN adapter keys: {foreign[:5]}")
         # Adapters saved before the scalars (λ, ε, α, τ) became 1-element tensors hold them with 0 dimensions.
-        self.adapters.load_state_dict(
-            {key[len(ADAPTER_PREFIX) :]: value.reshape(1) if value.dim() == 0 else value for key, value in state_dict.items()}
-        )
+        self.adapters.load_state_dict({
+            key[len(ADAPTER_PREFIX) :]: value.reshape(1) if value.dim() == 0 else value
+            for key, value in state_dict.items()
+        })
 
     def unload(self) -> PreTrainedModel:
         """Remove every trace of the adapter and return the base model, as it was before wrapping."""

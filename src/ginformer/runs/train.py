@@ -157,7 +157,7 @@ def training_arguments(settings: RunSettings) -> TrainingArguments:
         data_seed=t.seed,  # the shuffling order is part of the run, so resume and multi-process runs see it too
         bf16=t.bf16,
         torch_compile=t.torch_compile,
-        gradient_checkpointing=t.gradient_checkpointing,
+        activation_checkpointing=t.gradient_checkpointing,  # transformers 5's name for it
         optim=t.optim,
         # We stop on a non-finite loss ourselves; Trainer's filter would hide it from the logs.
         logging_nan_inf_filter=False,
