@@ -153,7 +153,7 @@ class _Look(TrainerCallback):
         self.seen = {"optimizer": type(getattr(optimizer, "optimizer", optimizer)).__name__,
                      "base_dtypes": {p.dtype for p in base.parameters()},
                      "adapter_dtypes": {p.dtype for p in model.adapters.parameters()},
-                     "checkpointing": base.is_gradient_checkpointing}
+                     "checkpointing": base.is_activation_checkpointing}
 
 
 def test_scale_knobs_bf16_base_gradient_checkpointing_optimizer_and_tensorboard(tmp_path, base_dir, task_files):

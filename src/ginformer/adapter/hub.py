@@ -117,7 +117,7 @@ def model_card(
     metrics: dict[str, float] | None = None,
 ) -> str:
     """README.md for a saved adapter, as peft writes one: what it adapts, how, how big, on what, how well."""
-    base = payload["base_model_name_or_path"]
+    base = payload["base_model_name_or_path"] or "(unnamed)"
     front = ["---", "library_name: ginformer", "tags:", "- sparse-gin", "- ginformer"]
     if HUB_ID.match(base) and "/" in base:
         front.append(f"base_model: {base}")
