@@ -136,15 +136,18 @@ def test_loading_onto_a_different_base_fails_clearly(tmp_path, change, field):
     adapted(tiny()).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match=f"different base model.*{field}"):
         SparseGINModel.from_pretrained(tiny(**change), tmp_path)
-    with pytest.raises(FileNotFoundError, match="adapter_config.json"):
+    with pytest.raises(FileNotFoundError, match="adapter directory not found"):
         SparseGINModel.from_pretrained(tiny(), tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="neither adapter_config.json .* nor model.safetensors"):
+        SparseGINModel.from_pretrained(tiny(), tmp_path / "empty")
 
 
 def test_only_adapter_parameters_receive_gradients():
     model = adapted(tiny(), train_alpha=True, train_tau=True).train()
     ids, mask = batch()
     model(input_ids=ids, attention_mask=mask, labels=ids).loss.backward()
-    for name, param in model.base_model.named_parameters():
+    for name, param in model.get_base_model().named_parameters():
         assert not param.requires_grad and param.grad is None, name
     for name, param in model.adapters.named_parameters():
         assert param.grad is not None and param.grad.abs().sum() > 0, name
@@ -157,7 +160,7 @@ def test_fixed_values_are_buffers_and_the_filter_marks_only_adapters():
     names = dict(model.adapters[0].named_parameters())
     assert "scale" not in names and "alpha" not in names and "tau" not in names
     assert "scale" in model.adapters[0].state_dict()
-    model.base_model.requires_grad_(True)
+    model.get_base_model().requires_grad_(True)
     mark_only_adapter_as_trainable(model)
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     assert trainable == {f"adapters.{name}" for name, _ in model.adapters.named_parameters()}
@@ -193,7 +196,7 @@ def test_the_branch_joins_the_layer_where_the_placement_says(placement):
     ids, _ = batch()
     before = first_layer_trace(reference, ids)
     with model.capture_adjacency() as graphs:
-        after = first_layer_trace(model.base_model, ids)
+        after = first_layer_trace(model.get_base_model(), ids)
     allowed = allowed_edges(None, 7, 7, torch.device("cpu"))
     with torch.no_grad():
         def branch(x):
@@ -297,7 +300,7 @@ def test_eager_and_sdpa_bases_give_the_same_adapted_model():
     ids, mask = batch()
     sdpa = adapted(tiny())
     eager = adapted(tiny(attn_implementation="eager"))
-    assert eager.base_model.config._attn_implementation == "sparse_gin_eager"
+    assert eager.get_base_model().config._attn_implementation == "sparse_gin_eager"
     real = mask.bool()  # sdpa and eager bases themselves differ on the rows of padding queries
     torch.testing.assert_close(logits(eager, ids, mask)[real], logits(sdpa, ids, mask)[real], rtol=1e-5, atol=1e-5)
 
@@ -343,7 +346,7 @@ def test_two_adapted_models_do_not_share_state():
 def test_wrapping_twice_and_unsupported_attention_fail_clearly():
     model = adapted(tiny())
     with pytest.raises(ValueError, match="already carries a Sparse-GIN adapter"):
-        get_sparse_gin_model(model.base_model)
+        get_sparse_gin_model(model.get_base_model())
     with pytest.raises(ValueError, match="attn_implementation='flex_attention'"):
         get_sparse_gin_model(tiny(attn_implementation="flex_attention"))
 

@@ -63,7 +63,7 @@ def tokenizer():
 
 def naive_adjacencies(model, token_ids: torch.Tensor) -> dict[int, torch.Tensor]:
     """Every layer's (H, T, T) adjacency, one head at a time, from the hidden states that enter the layer."""
-    base = model.base_model if isinstance(model, SparseGINModel) else model
+    base = model.get_base_model() if isinstance(model, SparseGINModel) else model
     with torch.no_grad():
         hidden_states = model(input_ids=token_ids, output_hidden_states=True).hidden_states
         result = {}
@@ -121,7 +121,7 @@ def test_sigmoid_gin_layers_give_their_own_adjacency(tokenizer):
 def test_the_model_is_left_as_it_was(kind, tokenizer):
     model = MODELS[kind]()
     model.train()
-    base = model.base_model if isinstance(model, SparseGINModel) else model
+    base = model.get_base_model() if isinstance(model, SparseGINModel) else model
     implementation = base.config._attn_implementation
     attention_graphs(model, tokenizer, TEXT)
     assert model.training and base.config._attn_implementation == implementation

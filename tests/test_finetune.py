@@ -13,9 +13,10 @@ import torch
 import yaml
 from conftest import LAYERS  # noqa: E402  (the tiny base's, built in conftest.py)
 from safetensors.torch import load_file
-from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast, TrainerCallback
 
 from ginformer.adapter import SparseGINConfig, get_sparse_gin_model
+from ginformer.adapter.lora import lora_target_modules, lora_trainable_count
 from ginformer.cli import main
 from ginformer.data.instruct import PAPER_END, conversation, encode_generation_prompt
 from ginformer.data.reasoning import load_gsm8k
@@ -81,8 +82,10 @@ def test_sparse_gin_run_writes_the_layout_adapter_only_and_logs_lambda(tmp_path,
     assert start["parameters"] == sum(t.numel() for t in trained) == 2 * 67 * (D_GNN + 1)
     assert (start["model"], start["method"], start["base"]) == ("pretrained", "sparse-gin", str(base_dir))
     for checkpoint in ("checkpoint-2", "checkpoint-4"):  # no copy of the frozen base in any checkpoint
-        files = {p.name for p in (run_dir / checkpoint).iterdir()}
-        assert "adapter_model.safetensors" in files and "model.safetensors" not in files
+        weights = load_file(str(run_dir / checkpoint / "model.safetensors"))  # Trainer's file: the state dict
+        assert set(weights) == set(saved) | {"_extra_state"}  # the adapter and its description
+    card = (run_dir / "adapter" / "README.md").read_text()
+    assert f"`{base_dir}`" in card and "val_loss" in card and "gsm8k" in card
 
     trains = [e for e in metrics if e["event"] == "train"]
     evals = [e for e in metrics if e["event"] == "eval"]
@@ -139,6 +142,57 @@ def test_lora_rank_is_matched_to_the_sparse_gin_budget(tmp_path, base_dir, task_
     start = read_metrics(run_dir)[0]
     assert (start["parameters"], start["lora_rank"], start["graph"]) == (1344, 3, {})
     evals = [e for e in read_metrics(run_dir) if e["event"] == "eval"]
+    assert evaluate_run(run_dir, generate=0).loss == pytest.approx(evals[-1]["val_loss"], rel=1e-5)
+
+
+class _Look(TrainerCallback):
+    """What Trainer trains with, seen from inside it."""
+
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        base = model.get_base_model()
+        self.seen = {"optimizer": type(getattr(optimizer, "optimizer", optimizer)).__name__,
+                     "base_dtypes": {p.dtype for p in base.parameters()},
+                     "adapter_dtypes": {p.dtype for p in model.adapters.parameters()},
+                     "checkpointing": base.is_activation_checkpointing}
+
+
+def test_scale_knobs_bf16_base_gradient_checkpointing_optimizer_and_tensorboard(tmp_path, base_dir, task_files):
+    look = _Look()
+    run_dir = train(tiny(tmp_path, base_dir, task_files, "model.base_dtype=bfloat16",
+                         "training.gradient_checkpointing=true", "training.optim=sgd",
+                         "training.report_to=[tensorboard]", "training.max_steps=2"), callbacks=[look])
+    assert look.seen == {"optimizer": "SGD", "base_dtypes": {torch.bfloat16}, "adapter_dtypes": {torch.float32},
+                         "checkpointing": True}
+    assert list((run_dir / "runs").glob("*/events.out.tfevents.*"))  # TensorBoard's event files, written offline
+    trains = [e for e in read_metrics(run_dir) if e["event"] == "train"]
+    assert len(trains) == 2 and all(math.isfinite(e["train_loss"]) for e in trains)
+    assert trains[-1]["graph"]["lambda"] != [0.0] * LAYERS
+    assert math.isfinite(evaluate_run(run_dir, generate=0).loss)  # loads back on a bfloat16 base
+
+
+@pytest.mark.parametrize("option, d_gnn, rank", [("use_dora", 26, 3), ("use_rslora", 14, 2)])
+def test_lora_on_every_linear_layer_with_dora_or_rslora_matches_the_budget(tmp_path, base_dir, task_files, option,
+                                                                           d_gnn, rank):
+    """The paper's second LoRA run wraps every linear layer; DoRA's magnitude vectors count against the budget."""
+    settings = tiny(tmp_path, base_dir, task_files, "model.method=lora", "model.lora.target=all_linear",
+                    f"model.lora.{option}=true", f"model.sparse_gin.d_gnn={d_gnn}", "training.max_steps=2")
+    side = MODEL_SIDES["pretrained"]
+    built = side.build(settings.model, side.base_tokenizer(settings.model))
+    shapes = lora_target_modules(LlamaForCausalLM.from_pretrained(base_dir), "all_linear")
+    budget = built.record["budget"]
+    assert built.record["lora_rank"] == rank and abs(built.trainable_parameters - budget) <= 0.05 * budget
+    assert built.trainable_parameters == lora_trainable_count(shapes, rank, use_dora=option == "use_dora")
+    wrapped = {name.split(".")[-3] for name, _ in built.model.named_modules() if name.endswith("lora_A.default")}
+    assert wrapped == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    config = built.model.peft_config["default"]
+    assert getattr(config, option) is True
+    layer = built.model.get_base_model().model.layers[0].mlp.down_proj
+    scale = config.lora_alpha / (math.sqrt(rank) if option == "use_rslora" else rank)
+    assert layer.scaling["default"] == pytest.approx(scale)
+
+    run_dir = train(settings)
+    evals = [e for e in read_metrics(run_dir) if e["event"] == "eval"]
+    assert read_metrics(run_dir)[0]["parameters"] == built.trainable_parameters
     assert evaluate_run(run_dir, generate=0).loss == pytest.approx(evals[-1]["val_loss"], rel=1e-5)
 
 

@@ -66,18 +66,44 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     generated = parser.add_argument_group("tasks scored on generated answers (gsm8k, folio)")
     generated.add_argument("--generate", type=int, help="how many of those rows are scored by generation (default all)")
     generated.add_argument("--max-new-tokens", type=int, help="cap on generated tokens per row (default: the task's)")
+    harness = parser.add_argument_group("lm-evaluation-harness (installed with the integrations extra)")
+    harness.add_argument("--lm-eval", action="append", metavar="TASK", help="score the run on this lm-eval task "
+                         "instead: lm-eval's name, gsm8k_bundled (lm-eval's GSM8K on local rows; --data names "
+                         "another GSM8K-format file) or a task YAML; repeatable. --limit caps the documents")
+    harness.add_argument("--lm-eval-tasks", action="append", type=Path, default=[], metavar="PATH",
+                         help="a task YAML, or a directory of them, for lm-eval to know (e.g. on a local JSON file)")
+    harness.add_argument("--num-fewshot", type=int, help="shots per document (default: each task's own)")
 
 
 def _evaluate(args: argparse.Namespace) -> None:
     from ginformer.runs.evaluate import evaluate_run, format_evaluation
     from ginformer.tasks import TASKS
 
+    if args.lm_eval:
+        return _evaluate_lm_eval(args)
+    for flag, value in (("--num-fewshot", args.num_fewshot), ("--lm-eval-tasks", args.lm_eval_tasks)):
+        if value:
+            raise ValueError(f"{flag} applies to --lm-eval only")
     result = evaluate_run(
         args.run_dir, args.data, limit=args.limit, generate=args.generate, max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
     )
     print(format_evaluation(result, TASKS[result.task].columns))
     print(f"\nwritten to {Path(result.run) / ('eval_' + ('val' if args.data is None else Path(args.data).stem))}.json")
+
+
+def _evaluate_lm_eval(args: argparse.Namespace) -> None:
+    from ginformer.integrations.lm_eval import evaluate_run_lm_eval, format_results, output_path
+
+    for flag, value in (("--generate", args.generate), ("--max-new-tokens", args.max_new_tokens)):
+        if value is not None:
+            raise ValueError(f"{flag} does not apply to --lm-eval: the task's config says how it generates")
+    results = evaluate_run_lm_eval(
+        args.run_dir, args.lm_eval, task_paths=args.lm_eval_tasks, num_fewshot=args.num_fewshot, limit=args.limit,
+        batch_size=args.batch_size or 1, gsm8k_source=args.data,
+    )
+    print(format_results(results))
+    print(f"written to {output_path(args.run_dir, args.lm_eval)}")
 
 
 def _compare_arguments(parser: argparse.ArgumentParser) -> None:

@@ -57,16 +57,26 @@ def load_base_model(
     gets a pad token when it has none (its EOS token, see ``_ensure_pad_token``), and the model's generation
     config uses it.
     """
+    tokenizer = load_base_tokenizer(name_or_path)
+    model = load_base_causal_lm(name_or_path, dtype, attn_implementation)
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def load_base_causal_lm(
+    name_or_path: str | Path = SMOLLM2,
+    dtype: torch.dtype = torch.float32,
+    attn_implementation: str = "sdpa",
+) -> PreTrainedModel:
+    """The model of :func:`load_base_model` alone (a directory may hold weights without a tokenizer), in eval mode."""
     source = _source(name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(**source)
-    _ensure_pad_token(tokenizer)
     model = AutoModelForCausalLM.from_pretrained(**source, dtype=dtype, attn_implementation=attn_implementation)
     if "gguf_file" in source:
         _forget_gguf_quantization(model)
-    if model.generation_config.pad_token_id is None:
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.eval()
-    return model, tokenizer
+        # Its name, not the installed package's path on this machine, is what an adapter records as its base.
+        model.config._name_or_path = SMOLLM2
+    return model.eval()
 
 
 def _source(name_or_path: str | Path) -> dict[str, str]:

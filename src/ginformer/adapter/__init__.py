@@ -21,18 +21,23 @@ inputs are earlier layers' adapters (through h), so this drops just the path "ea
 layer's q, k -> its A_agg -> its GIN", and spares the saved activations of the head softmaxes
 (O(B·H·T_q·T_k) per layer). α and τ still learn: sharpening comes after the detach.
 
+Under transformers' Trainer and TRL's SFTTrainer it trains unchanged: its state dict is the adapter and its
+config (the frozen base is left out), so checkpoints hold the adapter only, resume, and load back in one call.
+
 Usage, as with peft:
 
     model = get_sparse_gin_model(AutoModelForCausalLM.from_pretrained(path), SparseGINConfig())
     model.print_trainable_parameters()
     ...train...
-    model.save_pretrained("runs/x/adapter")          # adapter_config.json + adapter_model.safetensors
-    model = SparseGINModel.from_pretrained(base, "runs/x/adapter")
+    model.save_pretrained("runs/x/adapter")          # adapter_config.json + adapter_model.safetensors + README.md
+    model = SparseGINModel.from_pretrained(base, "runs/x/adapter")          # a directory or a hub id
+    model = AutoSparseGINModelForCausalLM.from_pretrained("runs/x/adapter")  # loads the base it names, too
     with model.disable_adapter(): ...                # the base model's outputs
     base = model.unload()
 """
 
 from .adjacency import allowed_edges, head_aggregated_attention, sparse_adjacency
+from .auto import AutoSparseGINModelForCausalLM
 from .config import SparseGINConfig
 from .layer import SparseGINLayer
 from .model import (
@@ -44,6 +49,7 @@ from .model import (
 )
 
 __all__ = [
+    "AutoSparseGINModelForCausalLM",
     "LayerGraph",
     "SparseGINConfig",
     "SparseGINLayer",

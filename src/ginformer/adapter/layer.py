@@ -31,9 +31,14 @@ def _activation(name: str) -> nn.Module:
     return {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}[name]()
 
 
+def _scalar(value: float) -> Tensor:
+    # One element, not zero dimensions: FSDP2 (fully_shard) refuses 0-d parameters.
+    return torch.tensor([float(value)])
+
+
 def _learnable_or_fixed(module: nn.Module, name: str, value: float, learnable: bool) -> None:
     # A fixed value is a buffer: saved with the adapter, never handed to an optimizer.
-    tensor = torch.tensor(float(value))
+    tensor = _scalar(value)
     if learnable:
         module.register_parameter(name, nn.Parameter(tensor))
     else:
@@ -54,7 +59,7 @@ class SparseGINLayer(nn.Module):
         self.act = _activation(config.activation)
         self.dropout = nn.Dropout(config.dropout)
         self.out_proj = nn.Linear(width, hidden_size)
-        self.gin_eps = nn.Parameter(torch.tensor(float(config.gin_eps)))
+        self.gin_eps = nn.Parameter(_scalar(config.gin_eps))
         _learnable_or_fixed(self, "scale", scale, config.train_scale)
         _learnable_or_fixed(self, "alpha", config.alpha, config.train_alpha)
         _learnable_or_fixed(self, "tau", config.tau, config.train_tau)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor, nn
 from transformers import AttentionInterface, PreTrainedModel
 from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
@@ -34,13 +34,23 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .adjacency import head_aggregated_attention
 from .config import SparseGINConfig
+from .hub import (
+    ADAPTER_TYPE,
+    CONFIG_NAME,
+    MODEL_CARD_NAME,
+    WEIGHTS_NAME,
+    decode_payload,
+    encode_payload,
+    model_card,
+    read_adapter,
+    resolve_adapter_dir,
+)
 from .layer import SparseGINLayer
 
 logger = logging.getLogger(__name__)
 
-CONFIG_NAME = "adapter_config.json"
-WEIGHTS_NAME = "adapter_model.safetensors"
 ADAPTER_PREFIX = "adapters."
+_BASE_PREFIX = "pretrained_model."
 _TAP = "_sparse_gin_tap"
 _WRAPPED = {"sdpa": "sparse_gin_sdpa", "eager": "sparse_gin_eager"}
 
@@ -150,7 +160,9 @@ def _after_attention(tap: _SparseGINTap, module: nn.Module, args: tuple, kwargs:
     attn_out = output[0]
     delta = tap.branch(tap.hidden + attn_out)  # X = h + attn_out
     if tap.adapter.config.placement == "after_attention":
-        tap.hidden = tap.cache = None
+        # tap.hidden stays: under gradient checkpointing the backward pass reruns the layer's forward, and this hook
+        # with it, but not the layer's pre-hook (transformers checkpoints `forward`, outside the module hooks).
+        tap.cache = None
         return (attn_out + delta, *output[1:])
     tap.delta = delta
     return None
@@ -164,7 +176,7 @@ def _after_layer(tap: _SparseGINTap, module: nn.Module, args: tuple, kwargs: dic
         hidden = hidden + tap.delta
     else:
         hidden = hidden + tap.branch(hidden)  # after_mlp: X = the layer's output
-    tap.hidden = tap.cache = tap.delta = None
+    tap.cache = tap.delta = None  # tap.hidden stays for a checkpointed layer's recomputation (_after_attention)
     return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
 
@@ -193,6 +205,30 @@ def base_fingerprint(model: PreTrainedModel) -> dict[str, Any]:
 def is_adapter_key(key: str, value: Any = None) -> bool:
     """litgpt-style filter on SparseGINModel state-dict keys: True for what is trained and saved."""
     return key.startswith(ADAPTER_PREFIX)
+
+
+def check_base(payload: dict[str, Any], model: PreTrainedModel, where: str) -> None:
+    """Refuse an adapter saved for a base of another shape; only warn when the base merely has another name."""
+    saved, current = payload["base_model"], base_fingerprint(model)
+    mismatched = [key for key in saved if key != "name_or_path" and saved[key] != current.get(key)]
+    if mismatched:
+        details = ", ".join(f"{key}: adapter {saved[key]!r} vs base {current.get(key)!r}" for key in mismatched)
+        raise ValueError(f"{where} was trained on a different base model ({details})")
+    if saved["name_or_path"] != current["name_or_path"]:
+        logger.warning("adapter saved for base %r, loaded into %r", saved["name_or_path"], current["name_or_path"])
+
+
+def _drop_frozen_base(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: dict) -> None:
+    # A SparseGINModel's state is its adapter: the frozen base belongs to whoever loaded it, and copying it into every
+    # checkpoint is what fails on tied embeddings ("Some tensors share memory").
+    for key in [key for key in state_dict if key.startswith(prefix + _BASE_PREFIX)]:
+        del state_dict[key]
+
+
+def _frozen_base_is_not_missing(module: nn.Module, incompatible_keys: Any) -> None:
+    # The counterpart of _drop_frozen_base: a state dict without the base is complete.
+    missing = incompatible_keys.missing_keys
+    missing[:] = [key for key in missing if f".{_BASE_PREFIX}" not in f".{key}"]
 
 
 def mark_only_adapter_as_trainable(model: SparseGINModel) -> None:
@@ -224,7 +260,7 @@ class SparseGINModel(nn.Module):
                 f"placement={config.placement!r} needs h + attn_out on the residual stream; {type(layers[0]).__name__} "
                 "normalises the attention output first: use placement='after_mlp'"
             )
-        self.base_model = model
+        self.pretrained_model = model
         self.sparse_gin_config = config
         self._base_attn = attn
         self._requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
@@ -249,14 +285,23 @@ class SparseGINModel(nn.Module):
             if config.placement != "after_attention":
                 self._handles.append(layer.register_forward_hook(partial(_after_layer, tap), with_kwargs=True))
         model.set_attn_implementation(_WRAPPED[attn])
+        # Trainer saves and resumes any module through its state dict: make that the adapter and its config.
+        self.register_state_dict_post_hook(_drop_frozen_base)
+        self.register_load_state_dict_post_hook(_frozen_base_is_not_missing)
 
     def __getattr__(self, name: str) -> Any:
         try:
             return super().__getattr__(name)
         except AttributeError:
-            if name == "base_model":
+            if name == "pretrained_model":
                 raise
-            return getattr(self.base_model, name)
+            # Everything else is the wrapped model's, as transformers names it: `base_model` is its backbone (what
+            # TRL's fused LM head runs), `config`, `generation_config`, `get_output_embeddings`, ...
+            return getattr(self.pretrained_model, name)
+
+    def get_base_model(self) -> PreTrainedModel:
+        """The wrapped causal LM (peft's name for it), its decoder layers carrying the adapter's hooks."""
+        return self.pretrained_model
 
     def forward(
         self,
@@ -274,12 +319,12 @@ class SparseGINModel(nn.Module):
         """
         self._shared.graph_adjacency = graph_adjacency
         try:
-            return self.base_model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
+            return self.pretrained_model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
         finally:
             self._shared.graph_adjacency = None
 
     def generate(self, *args, **kwargs):
-        return self.base_model.generate(*args, **kwargs)
+        return self.pretrained_model.generate(*args, **kwargs)
 
     @contextlib.contextmanager
     def disable_adapter(self) -> Iterator[None]:
@@ -315,40 +360,59 @@ class SparseGINModel(nn.Module):
     def adapter_state_dict(self) -> dict[str, Tensor]:
         return {key: value for key, value in self.state_dict().items() if is_adapter_key(key)}
 
-    def save_pretrained(self, directory: str | Path) -> None:
-        """Write adapter_config.json (config + base fingerprint) and adapter_model.safetensors (adapter only)."""
+    def adapter_payload(self) -> dict[str, Any]:
+        """What adapter_config.json holds: the config, and the base it was trained on (peft's key names it)."""
+        return {
+            "adapter_type": ADAPTER_TYPE,
+            "base_model_name_or_path": self.pretrained_model.config._name_or_path,
+            "config": self.sparse_gin_config.to_dict(),
+            "base_model": base_fingerprint(self.pretrained_model),
+        }
+
+    def get_extra_state(self) -> Tensor:
+        """The adapter's description rides in the state dict, so Trainer's checkpoints describe themselves."""
+        return encode_payload(self.adapter_payload())
+
+    def set_extra_state(self, state: Tensor) -> None:
+        """Loading a state dict checks that it belongs to an adapter of this config on a base of this shape."""
+        where = "the loaded state dict"
+        payload = decode_payload(state, where)
+        check_base(payload, self.pretrained_model, where)
+        saved = SparseGINConfig.from_dict(payload["config"]).to_dict()
+        changed = [f"{key}: saved {saved[key]!r} vs this model {value!r}"
+                   for key, value in self.sparse_gin_config.to_dict().items() if saved[key] != value]
+        if changed:
+            raise ValueError(f"{where} belongs to a Sparse-GIN adapter of another config ({', '.join(changed)})")
+
+    def save_pretrained(
+        self, directory: str | Path, state_dict: dict[str, Tensor] | None = None, data: str | None = None,
+        metrics: dict[str, float] | None = None,
+    ) -> None:
+        """Write adapter_config.json (config + base), adapter_model.safetensors (adapter only) and a README.md model
+        card naming `data` and `metrics` when given. `state_dict` is this model's unless given (a gathered one,
+        under FSDP)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        payload = {
-            "adapter_type": "sparse_gin",
-            "config": self.sparse_gin_config.to_dict(),
-            "base_model": base_fingerprint(self.base_model),
-        }
+        payload = self.adapter_payload()
         (directory / CONFIG_NAME).write_text(json.dumps(payload, indent=2) + "\n")
-        tensors = {key: value.detach().contiguous().cpu() for key, value in self.adapter_state_dict().items()}
+        state_dict = self.state_dict() if state_dict is None else state_dict
+        tensors = {key: value.detach().contiguous().cpu() for key, value in state_dict.items() if is_adapter_key(key)}
         save_file(tensors, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+        trainable = self.get_nb_trainable_parameters()[0]
+        (directory / MODEL_CARD_NAME).write_text(model_card(payload, trainable, data, metrics))
 
     @classmethod
     def from_pretrained(
-        cls, model: PreTrainedModel, directory: str | Path, is_trainable: bool = False
+        cls, model: PreTrainedModel, path_or_hub_id: str | Path, is_trainable: bool = False,
+        revision: str | None = None, cache_dir: str | Path | None = None, local_files_only: bool = False,
     ) -> SparseGINModel:
-        """Attach a saved adapter to `model`; a base of another shape is refused before any weight is read."""
-        directory = Path(directory)
-        if not (directory / CONFIG_NAME).is_file():
-            raise FileNotFoundError(f"{directory / CONFIG_NAME} not found: not a saved Sparse-GIN adapter")
-        payload = json.loads((directory / CONFIG_NAME).read_text())
-        if payload.get("adapter_type") != "sparse_gin":
-            kind = payload.get("adapter_type")
-            raise ValueError(f"{directory / CONFIG_NAME}: adapter_type={kind!r}, expected 'sparse_gin'")
-        saved, current = payload["base_model"], base_fingerprint(model)
-        mismatched = [key for key in saved if key != "name_or_path" and saved[key] != current.get(key)]
-        if mismatched:
-            details = ", ".join(f"{key}: adapter {saved[key]!r} vs base {current.get(key)!r}" for key in mismatched)
-            raise ValueError(f"adapter in {directory} was trained on a different base model ({details})")
-        if saved["name_or_path"] != current["name_or_path"]:
-            logger.warning("adapter saved for base %r, loaded into %r", saved["name_or_path"], current["name_or_path"])
+        """Attach a saved adapter (a directory in either layout of adapter/hub.py, or a hub repository) to `model`;
+        a base of another shape is refused before any weight is loaded."""
+        directory = resolve_adapter_dir(path_or_hub_id, revision, cache_dir, local_files_only)
+        payload, tensors = read_adapter(directory)
+        check_base(payload, model, f"adapter in {directory}")
         wrapped = cls(model, SparseGINConfig.from_dict(payload["config"]))
-        wrapped.load_adapter_state_dict(load_file(str(directory / WEIGHTS_NAME)))
+        wrapped.load_adapter_state_dict(tensors)
         wrapped.adapters.requires_grad_(is_trainable)
         return wrapped
 
@@ -357,20 +421,24 @@ class SparseGINModel(nn.Module):
         foreign = sorted(key for key in state_dict if not is_adapter_key(key))
         if foreign:
             raise ValueError(f"not Sparse-GIN adapter keys: {foreign[:5]}")
-        self.adapters.load_state_dict({key[len(ADAPTER_PREFIX) :]: value for key, value in state_dict.items()})
+        # Adapters saved before the scalars (λ, ε, α, τ) became 1-element tensors hold them with 0 dimensions.
+        self.adapters.load_state_dict({
+            key[len(ADAPTER_PREFIX) :]: value.reshape(1) if value.dim() == 0 else value
+            for key, value in state_dict.items()
+        })
 
     def unload(self) -> PreTrainedModel:
         """Remove every trace of the adapter and return the base model, as it was before wrapping."""
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        for layer in decoder_layers(self.base_model):
+        for layer in decoder_layers(self.pretrained_model):
             if hasattr(layer.self_attn, _TAP):
                 delattr(layer.self_attn, _TAP)
-        self.base_model.set_attn_implementation(self._base_attn)
-        for name, param in self.base_model.named_parameters():
+        self.pretrained_model.set_attn_implementation(self._base_attn)
+        for name, param in self.pretrained_model.named_parameters():
             param.requires_grad = self._requires_grad.get(name, param.requires_grad)
-        return self.base_model
+        return self.pretrained_model
 
 
 def get_sparse_gin_model(model: PreTrainedModel, config: SparseGINConfig | None = None) -> SparseGINModel:

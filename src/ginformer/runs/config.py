@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
 import yaml
+from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+from transformers.training_args import OptimizerNames
 
 from ginformer.runs.models import MODEL_SIDES, ModelSide, side_of
 from ginformer.runs.settings import (
@@ -63,6 +65,13 @@ class TrainingSettings:
     seed: int = 42  # model init, dropout and data order
     bf16: bool = False  # bfloat16 autocast; on CPUs without bf16 units it is slower
     torch_compile: bool = False  # torch.compile the model (Trainer's option): slow first steps, maybe faster later
+    # Recompute each decoder layer's activations in backward instead of keeping them: memory for long contexts and
+    # big bases, at about one extra forward pass of time; Sparse-GIN's gradients are unchanged (tested).
+    gradient_checkpointing: bool = False
+    optim: str = "adamw_torch"  # the optimizer, by Trainer's name: adamw_torch_fused, adafactor, sgd, ...
+    # Trainer's loggers, beside metrics.jsonl: "tensorboard" writes event files to <run>/runs/ (offline), "wandb",
+    # "mlflow", ... each needs its package installed. Empty: none.
+    report_to: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         check_fields(self, "training")
@@ -80,6 +89,11 @@ class TrainingSettings:
         require(0 < self.adam_beta2 < 1, "training.adam_beta2", self.adam_beta2, "in (0, 1)")
         require(0 <= self.min_lr_ratio < 1, "training.min_lr_ratio", self.min_lr_ratio, "in [0, 1)")
         require(self.max_grad_norm >= 0, "training.max_grad_norm", self.max_grad_norm, ">= 0 (0 disables clipping)")
+        optimizers = [name.value for name in OptimizerNames]
+        require(self.optim in optimizers, "training.optim", self.optim, f"one of Trainer's optimizers {optimizers}")
+        for logger in self.report_to:
+            require(logger in INTEGRATION_TO_CALLBACK, "training.report_to", self.report_to,
+                    f"a list of Trainer's loggers among {sorted(INTEGRATION_TO_CALLBACK)}")
 
 
 @dataclass

@@ -13,6 +13,7 @@ that metrics.jsonl records (α, ε, PNA's λ per layer from scratch; Sparse-GIN'
 from __future__ import annotations
 
 import dataclasses
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from typing import Any, Literal
 import peft
 import torch
 from safetensors import SafetensorError
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, Trainer
 
 from ginformer.adapter import SparseGINConfig, SparseGINLayer, SparseGINModel, get_sparse_gin_model
 from ginformer.adapter.lora import LoraTarget, get_lora_model, lora_config_for_budget, lora_target_modules
@@ -115,6 +116,12 @@ class LoraSettings:
     rank: int | None = None  # None: the rank whose trainable count is closest to model.sparse_gin's count
     alpha: float | None = None  # LoRA's α; None: equal to the rank (scale α/r = 1, as the paper's r = α = 50)
     dropout: float = 0.0
+    # rsLoRA (Kalajdzievski, 2023): scale α/√r instead of α/r, which keeps higher ranks learning; with the default
+    # α = r the scale becomes √r.
+    use_rslora: bool = False
+    # DoRA (Liu et al., 2024): a trained magnitude vector per wrapped layer beside the low-rank direction; the budget
+    # matching counts those vectors, so DoRA gets a lower rank at the same trainable count.
+    use_dora: bool = False
 
     def __post_init__(self) -> None:
         check_fields(self, "model.lora")
@@ -127,6 +134,9 @@ class PretrainedModelSettings:
     """A frozen pretrained model and what is trained on top of it."""
 
     base: str = "smollm2"  # "smollm2" (the bundled SmolLM2-135M-Instruct), a local model directory or a hub id
+    # The frozen base's weights: bfloat16 halves their memory (what a 3B base needs); trained adapters (Sparse-GIN,
+    # LoRA) stay float32 either way.
+    base_dtype: Literal["float32", "bfloat16"] = "float32"
     method: Literal["sparse-gin", "lora", "none"] = "sparse-gin"  # "none" trains nothing: the base's own numbers
     # The Sparse-GIN adapter; for method "lora" it still sets the trainable-parameter budget LoRA is matched to.
     sparse_gin: SparseGINConfig = field(default_factory=SparseGINConfig)
@@ -168,6 +178,11 @@ class ModelSide(ABC):
     @abstractmethod
     def load(self, run_dir: Path, settings) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
         """The finished run's model (on the GPU when there is one, in eval mode) and tokenizer."""
+
+    def save(self, trainer: Trainer, directory: Path, data: str) -> None:
+        """Write the finished model (and tokenizer) to `directory`, as Trainer saves it; `data` describes what it
+        was trained on."""
+        trainer.save_model(str(directory))
 
     @abstractmethod
     def graph_scalars(self, model: torch.nn.Module) -> dict[str, list]:
@@ -230,7 +245,8 @@ def _sparse_gin(base: PreTrainedModel, settings: PretrainedModelSettings):
 def _lora(base: PreTrainedModel, settings: PretrainedModelSettings):
     lora = settings.lora
     budget = sparse_gin_parameter_count(base, settings.sparse_gin)
-    extra = {"lora_dropout": lora.dropout, **({"lora_alpha": lora.alpha} if lora.alpha is not None else {})}
+    extra = {"lora_dropout": lora.dropout, "use_rslora": lora.use_rslora, "use_dora": lora.use_dora,
+             **({"lora_alpha": lora.alpha} if lora.alpha is not None else {})}
     if lora.rank is None:
         try:
             config, _ = lora_config_for_budget(base, budget, lora.target, **extra)
@@ -282,7 +298,7 @@ class Pretrained(ModelSide):
 
     def build(self, settings: PretrainedModelSettings, tokenizer: PreTrainedTokenizerBase) -> BuiltModel:
         """Load the base and wrap it as `settings.method` asks; the base's weights are frozen in every case."""
-        base, _ = load_base_model(settings.base)
+        base, _ = load_base_model(settings.base, dtype=getattr(torch, settings.base_dtype))
         base.requires_grad_(False)
         build, _ = METHODS[settings.method]
         model, extras = build(base, settings)
@@ -295,12 +311,25 @@ class Pretrained(ModelSide):
 
     def load(self, run_dir: Path, settings: PretrainedModelSettings):
         adapter = run_dir / self.final_dir
-        base, tokenizer = load_base_model(settings.base)
+        base, tokenizer = load_base_model(settings.base, dtype=getattr(torch, settings.base_dtype))
         _, attach = METHODS[settings.method]
         model = base if attach is None else read_weights(adapter, lambda: attach(base, adapter))
         if attach is not None:
             tokenizer = AutoTokenizer.from_pretrained(adapter)
         return model.to(_device()).eval(), tokenizer
+
+    def save(self, trainer: Trainer, directory: Path, data: str) -> None:
+        """A Sparse-GIN adapter as save_pretrained writes it (peft's files and a model card with the data and the last
+        validation loss); LoRA as peft writes it."""
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        if not isinstance(model, SparseGINModel):
+            return super().save(trainer, directory, data)
+        state_dict = trainer.accelerator.get_state_dict(trainer.model)  # on every process: FSDP gathers its shards
+        if trainer.args.should_save:
+            evals = [log["eval_loss"] for log in trainer.state.log_history if "eval_loss" in log]
+            metrics = {"val_loss": evals[-1], "val_perplexity": math.exp(evals[-1])} if evals else None
+            model.save_pretrained(directory, state_dict=state_dict, data=data, metrics=metrics)
+            trainer.processing_class.save_pretrained(directory)
 
     def graph_scalars(self, model: torch.nn.Module) -> dict[str, list]:
         """λ always, α and τ when they learn; {} without Sparse-GIN."""

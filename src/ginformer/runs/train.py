@@ -45,12 +45,9 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 import yaml
-from safetensors.torch import load_file
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import EvalLoopOutput, get_last_checkpoint
 
-from ginformer.adapter import SparseGINModel
-from ginformer.adapter.model import WEIGHTS_NAME
 from ginformer.data.batches import IGNORE_INDEX, CausalLMCollator
 from ginformer.runs.config import RunSettings, save_run_settings
 from ginformer.runs.settings import ConfigError
@@ -127,7 +124,7 @@ def train(
         trainer.evaluate()  # logged as the eval event at step 0
         return run_dir
     train_until_done_or_diverged(trainer, metrics, checkpoint)
-    trainer.save_model(str(run_dir / side.final_dir))
+    side.save(trainer, run_dir / side.final_dir, data=task.describe())
     return run_dir
 
 
@@ -160,6 +157,8 @@ def training_arguments(settings: RunSettings) -> TrainingArguments:
         data_seed=t.seed,  # the shuffling order is part of the run, so resume and multi-process runs see it too
         bf16=t.bf16,
         torch_compile=t.torch_compile,
+        activation_checkpointing=t.gradient_checkpointing,  # transformers 5's name for it
+        optim=t.optim,
         # We stop on a non-finite loss ourselves; Trainer's filter would hide it from the logs.
         logging_nan_inf_filter=False,
         prediction_loss_only=True,
@@ -167,7 +166,7 @@ def training_arguments(settings: RunSettings) -> TrainingArguments:
         # Without an accelerator, accelerate only forms a multi-process (gloo) group when told it runs on CPU.
         use_cpu=not torch.accelerator.is_available(),
         dataloader_pin_memory=torch.accelerator.is_available(),
-        report_to="none",
+        report_to=t.report_to or "none",
         disable_tqdm=False,
     )
 
@@ -256,16 +255,14 @@ class _NonFiniteLoss(Exception):
 
 
 class GuardedTrainer(Trainer):
-    """Trainer with three changes: it stops before a step whose loss is NaN/inf changes the weights, its
-    validation loss is the token-weighted mean over the whole set, and a Sparse-GIN model's checkpoints hold
-    its adapter only.
+    """Trainer with two changes: it stops before a step whose loss is NaN/inf changes the weights, and its
+    validation loss is the token-weighted mean over the whole set.
 
     The loss check runs after backward and before the optimizer step, so the weights (and every checkpoint)
     stay those of the last good step; all processes agree on the verdict, so none is left waiting. Trainer's own
     evaluation averages per-batch means, which depends on the eval batch size and the number of processes;
-    summing token losses and token counts does not, and its exp() is the perplexity. Trainer saves a module that
-    is no PreTrainedModel as its whole state dict, which would copy the frozen base into every checkpoint (and
-    fails on tied embeddings); peft models already save their adapter alone.
+    summing token losses and token counts does not, and its exp() is the perplexity. Checkpoints need nothing
+    here: a peft model saves its adapter, and a Sparse-GIN model's state dict is its adapter (adapter/hub.py).
     """
 
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -296,24 +293,6 @@ class GuardedTrainer(Trainer):
             self.control = self.callback_handler.on_prediction_step(self.args, self.state, self.control)
         metrics = {f"{metric_key_prefix}_loss": total_nll / max(total_tokens, 1)}
         return EvalLoopOutput(predictions=None, label_ids=None, metrics=metrics, num_samples=num_samples)
-
-    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
-        if not isinstance(model, SparseGINModel):
-            return super()._save(output_dir, state_dict)
-        if self.args.should_save:
-            output_dir = output_dir or self.args.output_dir
-            model.save_pretrained(output_dir)
-            self.processing_class.save_pretrained(output_dir)
-
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        model = self.accelerator.unwrap_model(model or self.model, keep_torch_compile=False)
-        if not isinstance(model, SparseGINModel):
-            return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        weights = Path(resume_from_checkpoint) / WEIGHTS_NAME
-        if not weights.is_file():
-            raise FileNotFoundError(f"cannot resume: {weights} is missing (not a Sparse-GIN checkpoint)")
-        model.load_adapter_state_dict(load_file(str(weights)))
 
 
 def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

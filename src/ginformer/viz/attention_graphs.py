@@ -243,7 +243,7 @@ def attention_graphs(
     A text longer than the model's context is refused.
     """
     adapted = model if isinstance(model, SparseGINModel) else None
-    base = adapted.base_model if adapted is not None else model
+    base = adapted.get_base_model() if adapted is not None else model
     decoder = decoder_layers(base)
     selected = select_layers(layers, len(decoder))
     if not text:

@@ -100,7 +100,7 @@ def draw_attention_graphs(request: GraphRequest) -> Drawn:
     model, tokenizer = load_base_model(model_path, attn_implementation="eager")
     if request.adapter is not None:
         model = SparseGINModel.from_pretrained(model, request.adapter)
-    base = model.base_model if isinstance(model, SparseGINModel) else model
+    base = model.get_base_model() if isinstance(model, SparseGINModel) else model
     count = len(decoder_layers(base))
     layers = select_layers(request.layers or [count // 2], count)
 

@@ -1,0 +1,43 @@
+"""One call that loads a saved Sparse-GIN adapter together with the base it names, as peft's
+`AutoPeftModelForCausalLM` does:
+
+    model = AutoSparseGINModelForCausalLM.from_pretrained("runs/x/adapter")      # or a hub id, or checkpoint-N/
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ginformer.pretrained import load_base_causal_lm
+
+from .hub import read_adapter, resolve_adapter_dir
+from .model import SparseGINModel
+
+
+class AutoSparseGINModelForCausalLM:
+    """Not instantiated: `from_pretrained` reads the base named in the adapter's description and attaches it."""
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_hub_id: str | Path,
+        is_trainable: bool = False,
+        dtype: torch.dtype = torch.float32,
+        base_model_name_or_path: str | Path | None = None,
+        revision: str | None = None,
+        cache_dir: str | Path | None = None,
+        local_files_only: bool = False,
+    ) -> SparseGINModel:
+        """The adapter in `path_or_hub_id` on its base, loaded in `dtype` (the adapter stays float32).
+
+        The base is the one the adapter was saved with ("smollm2", a local directory or a hub id), unless
+        `base_model_name_or_path` names another copy of it (a directory moved since, say)."""
+        directory = resolve_adapter_dir(path_or_hub_id, revision, cache_dir, local_files_only)
+        payload, _ = read_adapter(directory)
+        base_name = base_model_name_or_path or payload.get("base_model_name_or_path")
+        if base_name is None:
+            base_name = payload["base_model"]["name_or_path"]
+        base = load_base_causal_lm(base_name, dtype=dtype)
+        return SparseGINModel.from_pretrained(base, directory, is_trainable=is_trainable)

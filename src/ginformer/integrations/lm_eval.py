@@ -1,0 +1,145 @@
+"""lm-evaluation-harness on any model of ginformer: a run (trained from scratch, Sparse-GIN, LoRA, the bare base) or
+a model in memory, scored on lm-eval's tasks, offline on local data.
+
+    ginformer evaluate --run runs/<name> --lm-eval gsm8k_bundled [--limit 50] [--num-fewshot 5]
+    ginformer evaluate --run runs/<name> --lm-eval my_task --lm-eval-tasks my_tasks/   (a task YAML on a local file)
+
+Tasks are named as lm-eval names them (its own tasks read their data from the hub, which an offline machine does
+not reach), or are task YAML files: a directory or file given as `task_paths` is searched for them, and a YAML
+whose `dataset_path: json` and `dataset_kwargs: {data_files: ...}` name a local JSON file runs offline.
+
+`gsm8k_bundled` is lm-eval's own GSM8K task (its prompt "Question: ...\\nAnswer:", 5 shots, and its strict-match
+and flexible-extract exact-match filters: the numbers published for GSM8K) on local rows: the test documents are
+the validation split that ginformer's gsm8k task holds out of the bundled data/gsm8k/train.jsonl (or of
+`gsm8k_source`, any GSM8K-format file), so a fine-tuning run with the default split never trained on them; the
+shots come from the other rows. They are GSM8K training-set problems, not its test set: comparable in kind to
+published numbers, not the same rows.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from functools import lru_cache, partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+BUNDLED_GSM8K = "gsm8k_bundled"
+
+
+def gsm8k_task(source: str | Path | None = None) -> dict[str, Any]:
+    """lm-eval's GSM8K task config on local rows (module docstring); `source` None is the bundled file."""
+    import lm_eval.tasks
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    # Read straight from lm-eval's task folder: indexing all of its ~15,000 tasks takes seconds.
+    config = load_yaml(Path(lm_eval.tasks.__file__).parent / "gsm8k" / "gsm8k.yaml")
+    config.update(
+        task=BUNDLED_GSM8K,
+        dataset_path="json",
+        dataset_name=None,
+        custom_dataset=partial(_gsm8k_splits, source),
+        test_split="test",
+        training_split="train",
+        fewshot_split="train",
+    )
+    config.pop("tag", None)  # not one of lm-eval's math_word_problems: its rows are others
+    return config
+
+
+def _gsm8k_splits(source: str | Path | None, **_lm_eval_metadata: Any):
+    """{"train", "test"} datasets of GSM8K rows: ginformer's gsm8k split of `source` (its defaults)."""
+    from datasets import Dataset, DatasetDict
+
+    from ginformer.tasks.instruct import GSM8KTask, InstructSettings
+
+    task = GSM8KTask(InstructSettings(task="gsm8k", source="bundled" if source is None else str(source)))
+    train, test = task.splits()
+
+    def rows(examples):
+        return Dataset.from_list([{"question": e.prompt[-1].content, "answer": e.answer} for e in examples])
+
+    return DatasetDict(train=rows(train), test=rows(test))
+
+
+def resolve_tasks(tasks: Sequence[str], gsm8k_source: str | Path | None = None) -> list[str | dict[str, Any]]:
+    """lm-eval task specs: names and YAML paths as given, `gsm8k_bundled` as its config."""
+    if not tasks:
+        raise ValueError("name at least one lm-eval task (e.g. gsm8k_bundled, or a task YAML)")
+    if gsm8k_source is not None and BUNDLED_GSM8K not in tasks:
+        raise ValueError(f"local GSM8K data ({gsm8k_source}) is read by the task {BUNDLED_GSM8K} only")
+    return [gsm8k_task(gsm8k_source) if task == BUNDLED_GSM8K else task for task in tasks]
+
+
+def evaluate_model(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    tasks: Sequence[str],
+    *,
+    task_paths: Sequence[str | Path] = (),
+    num_fewshot: int | None = None,
+    limit: int | None = None,
+    batch_size: int = 1,
+    gsm8k_source: str | Path | None = None,
+) -> dict[str, Any]:
+    """lm-eval's `simple_evaluate` on a causal LM in memory; returns its results dict (per task: metric,filter ->
+    value, their standard errors, the shots and the number of documents scored)."""
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    for path in task_paths:
+        if not Path(path).exists():
+            raise FileNotFoundError(f"lm-eval task path not found: {path} (a task YAML file or a directory of them)")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
+    if num_fewshot is not None and num_fewshot < 0:
+        raise ValueError(f"num_fewshot must be >= 0, got {num_fewshot}")
+    specs = resolve_tasks(tasks, gsm8k_source)
+    paths = tuple(str(p) for p in task_paths)
+    named = {t for t in specs if isinstance(t, str) and not Path(t).is_file()}
+    manager = TaskManager(include_path=list(paths) or None, include_defaults=False)
+    if not named <= set(manager.all_tasks):
+        manager = _task_manager_with_lm_evals_tasks(paths)
+    unknown = sorted(named - set(manager.all_tasks))
+    if unknown:
+        raise ValueError(f"unknown lm-eval task(s) {unknown}: use lm-eval's names, {BUNDLED_GSM8K}, or a task YAML "
+                         "(with --lm-eval-tasks naming its directory)")
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, backend="causal", batch_size=batch_size)
+    results = simple_evaluate(model=lm, tasks=specs, task_manager=manager, num_fewshot=num_fewshot, limit=limit,
+                              log_samples=False)
+    return {key: results[key] for key in ("results", "n-shot", "n-samples", "versions") if key in results}
+
+
+@lru_cache(maxsize=4)
+def _task_manager_with_lm_evals_tasks(paths: tuple[str, ...]):
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=list(paths) or None)
+
+
+def evaluate_run_lm_eval(run_dir: str | Path, tasks: Sequence[str], write: bool = True, **options: Any) -> dict:
+    """`evaluate_model` on a finished run's model and tokenizer; written to <run>/lm_eval_<tasks>.json."""
+    from ginformer.runs.evaluate import load_run
+
+    _, model, tokenizer = load_run(run_dir)
+    results = evaluate_model(model, tokenizer, tasks, **options)
+    if write:
+        output_path(run_dir, tasks).write_text(json.dumps(results, indent=2, default=str) + "\n")
+    return results
+
+
+def output_path(run_dir: str | Path, tasks: Sequence[str]) -> Path:
+    names = "_".join(re.sub(r"[^\w.-]", "_", Path(task).stem) for task in tasks)
+    return Path(run_dir) / f"lm_eval_{names}.json"
+
+
+def format_results(results: dict[str, Any]) -> str:
+    """lm-eval's own results table."""
+    from lm_eval.utils import make_table
+
+    return make_table(results)

@@ -1,0 +1,104 @@
+"""Saved Sparse-GIN adapters: the model card, hub ids (read from a local hub cache, offline), Trainer's layout, and
+clear errors for files that are not an adapter."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from ginformer.adapter import AutoSparseGINModelForCausalLM, SparseGINConfig, SparseGINModel, get_sparse_gin_model
+
+TINY = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2)
+
+
+def tiny_base():
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(**TINY)).eval()
+
+
+def trained(base):
+    model = get_sparse_gin_model(base, SparseGINConfig(d_gnn=8, dropout=0.0, alpha=7.0)).eval()
+    with torch.no_grad():
+        for k, adapter in enumerate(model.adapters):
+            adapter.scale.fill_(0.1 * (k + 1))
+    return model
+
+
+def logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def test_save_pretrained_writes_a_model_card(tmp_path):
+    model = trained(tiny_base())
+    model.save_pretrained(tmp_path, data="GSM8K train rows 0-99", metrics={"val_loss": 1.25})
+    card = (tmp_path / "README.md").read_text()
+    trainable = model.get_nb_trainable_parameters()[0]
+    assert f"{trainable:,} trainable parameters" in card and "LlamaForCausalLM, 2 layers" in card
+    assert "GSM8K train rows 0-99" in card and "| val_loss | 1.25 |" in card
+    assert '"alpha": 7.0' in card and "library_name: ginformer" in card
+
+
+def test_a_hub_id_loads_from_the_local_hub_cache(tmp_path):
+    """A hub id resolves through huggingface_hub; offline, from its cache (laid out here as the hub client does)."""
+    model = trained(tiny_base())
+    snapshot = tmp_path / "cache" / "models--someone--tiny-sparse-gin" / "snapshots" / ("0" * 40)
+    model.save_pretrained(snapshot)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    ids = torch.randint(0, 64, (1, 6))
+    loaded = SparseGINModel.from_pretrained(tiny_base(), "someone/tiny-sparse-gin", cache_dir=tmp_path / "cache",
+                                            local_files_only=True).eval()
+    torch.testing.assert_close(logits(loaded, ids), logits(model, ids), rtol=0, atol=0)
+    with pytest.raises(FileNotFoundError, match="someone/absent.*hub repository could not be read"):
+        SparseGINModel.from_pretrained(tiny_base(), "someone/absent", cache_dir=tmp_path / "cache",
+                                       local_files_only=True)
+
+
+def test_auto_class_loads_the_base_the_adapter_names(tmp_path):
+    base_dir = tmp_path / "base"
+    tiny_base().save_pretrained(base_dir)
+    model = trained(LlamaForCausalLM.from_pretrained(base_dir))
+    model.save_pretrained(tmp_path / "adapter")
+    ids = torch.randint(0, 64, (2, 6))
+    loaded = AutoSparseGINModelForCausalLM.from_pretrained(tmp_path / "adapter")
+    assert isinstance(loaded, SparseGINModel) and not any(p.requires_grad for p in loaded.parameters())
+    torch.testing.assert_close(logits(loaded.eval(), ids), logits(model, ids), rtol=0, atol=0)
+
+    shutil.move(base_dir, tmp_path / "moved")  # the named base is gone: say so, or take another copy of it
+    with pytest.raises(FileNotFoundError, match="model path not found"):
+        AutoSparseGINModelForCausalLM.from_pretrained(tmp_path / "adapter")
+    bf16 = AutoSparseGINModelForCausalLM.from_pretrained(tmp_path / "adapter", dtype=torch.bfloat16,
+                                                         base_model_name_or_path=tmp_path / "moved", is_trainable=True)
+    assert bf16.get_base_model().dtype == torch.bfloat16
+    assert {p.dtype for p in bf16.adapters.parameters()} == {torch.float32}
+    assert all(p.requires_grad for p in bf16.adapters.parameters())
+
+
+def test_files_that_are_not_an_adapter_are_named(tmp_path):
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"adapter_type": "lora"}))
+    with pytest.raises(ValueError, match="adapter_config.json: adapter_type='lora'"):
+        SparseGINModel.from_pretrained(tiny_base(), tmp_path)
+    (tmp_path / "adapter_config.json").unlink()
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(ValueError, match="model.safetensors has no _extra_state"):
+        SparseGINModel.from_pretrained(tiny_base(), tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"truncated")
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        SparseGINModel.from_pretrained(tiny_base(), tmp_path)
+
+
+def test_adapters_saved_with_zero_dimensional_scalars_still_load(tmp_path):
+    """λ, ε, α and τ were 0-d tensors before FSDP2 (which refuses them) made them 1-element ones."""
+    model = trained(tiny_base())
+    model.save_pretrained(tmp_path)
+    old = {key: value.reshape(()) if value.numel() == 1 else value for key, value in model.adapter_state_dict().items()}
+    save_file(old, str(tmp_path / "adapter_model.safetensors"))
+    loaded = SparseGINModel.from_pretrained(tiny_base(), tmp_path).eval()
+    assert loaded.adapter_scales() == pytest.approx([0.1, 0.2])
+    ids = torch.randint(0, 64, (1, 6))
+    torch.testing.assert_close(logits(loaded, ids), logits(model, ids), rtol=0, atol=0)
