@@ -512,17 +512,21 @@ def summary_markdown(
           *("" if value(r, k) is None else format(value(r, k), f) for k, _, f in per_run_columns)] for r in runs],
     )
     changes = [f"  - {v}: {json.dumps(c) if c else '(the base settings)'}" for v, c in settings.variants.items()]
+    model = first.model
+    shared = (f"trained from scratch, {model.num_hidden_layers} layers × {model.num_attention_heads} heads"
+              if settings.side == "scratch" else f"the frozen base {model.base}")
     size = (f"- size target: {settings.target_params:,} parameters per variant" if settings.target_params else
-            f"- base model: {first.model.base}; trainable budget set by model.sparse_gin")
+            "- trainable budget: the Sparse-GIN adapter's count (model.sparse_gin); LoRA's rank is matched to it")
+    notes = "; ".join(f"{key}: {value}" for key, value in baselines["notes"].items())
     return "\n".join(
         [
             f"# Comparison `{settings.name}`",
             "",
-            f"- model: {first.side.describe(first.model)}; variants (changes to the base `model` section):",
+            f"- models: {shared}; variants (changes to the base `model` section):",
             *changes,
             f"- seeds {settings.seeds} (training.seed; the data split does not depend on it)",
             size,
-            f"- data: {task.describe()}, {baselines['examples']} validation rows",
+            f"- data: {task.describe()}, {baselines['examples']} validation examples",
             f"- training: {steps}, batch {training.per_device_train_batch_size} × "
             f"{training.gradient_accumulation_steps} accumulation, learning rate {training.learning_rate:g}, "
             f"bf16 {training.bf16}",
@@ -536,7 +540,7 @@ def summary_markdown(
             "",
             "Baseline rows: the unigram model's perplexity (training-split token frequencies, no context) and the "
             "task's majority baselines, on the same validation rows"
-            + (f" ({baselines['notes']})" if baselines["notes"] else "")
+            + (f" ({notes})" if notes else "")
             + ("; the frozen base model, trained on nothing." if base else "."),
             "",
             "## Runs",
