@@ -109,8 +109,8 @@ class TextTask(Task):
         else:
             split, name = tokenize_source(data, tokenizer, self.settings.text_column), Path(data).stem
         blocks = _first(PackedBlocks(split.ids, self.settings.block_size), limit)
-        return HeldOut(name, blocks, [split], [], block_target_counts(corpus.train.ids, blocks.block_size,
-                                                                        len(tokenizer)), 0)
+        counts = block_target_counts(corpus.train.ids, blocks.block_size, len(tokenizer))
+        return HeldOut(name, blocks, [split], [], counts, 0)
 
     def score(self, model, tokenizer, held_out: HeldOut, generation: Generation, losses: Losses) -> Scores:
         (split,) = held_out.rows
@@ -129,13 +129,16 @@ class TextTask(Task):
 
     def describe(self) -> str:
         s = self.settings
-        return (f"text ({s.source}, {s.tokenizer or 'base'} tokenizer, blocks of {s.block_size}, "
+        tokenizer = s.tokenizer or "char or the base's"  # the default: from scratch, char; a pretrained model's own
+        return (f"text ({s.source}, {tokenizer} tokenizer, blocks of {s.block_size}, "
                 f"{s.split} split {s.val_fraction:g})")
 
 
 def _first(blocks: PackedBlocks, limit: int | None) -> PackedBlocks:
-    return blocks if limit is None or limit >= len(blocks) else PackedBlocks(blocks.ids[: limit * blocks.block_size],
-                                                                              blocks.block_size)
+    """The first `limit` blocks (all of them when None)."""
+    if limit is None or limit >= len(blocks):
+        return blocks
+    return PackedBlocks(blocks.ids[: limit * blocks.block_size], blocks.block_size)
 
 
 def tokens_per_character(split: CorpusSplit) -> float:
