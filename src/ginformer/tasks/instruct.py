@@ -151,9 +151,9 @@ class InstructTask(Task):
             kept.append(example)
             features.append(feature)
         if dropped:
-            how = "whose last assistant turn alone is" if s.truncate == "left" else ""
+            how = " whose last assistant turn alone is" if s.truncate == "left" else ""
             warnings.warn(
-                f"{s.task}: dropped {dropped} of {len(kept) + dropped} examples {how} longer than "
+                f"{s.task}: dropped {dropped} of {len(kept) + dropped} examples{how} longer than "
                 f"data.max_length={s.max_length} tokens",
                 stacklevel=2,
             )
