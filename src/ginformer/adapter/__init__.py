@@ -32,7 +32,7 @@ Usage, as with peft:
     base = model.unload()
 """
 
-from .adjacency import allowed_edges, head_aggregated_attention, sparse_adjacency
+from .adjacency import AttentionInputs, allowed_edges, head_aggregated_attention, sparse_adjacency
 from .config import SparseGINConfig
 from .layer import SparseGINLayer
 from .model import (
@@ -44,6 +44,7 @@ from .model import (
 )
 
 __all__ = [
+    "AttentionInputs",
     "LayerGraph",
     "SparseGINConfig",
     "SparseGINLayer",
