@@ -32,32 +32,15 @@ from common import (
     print_table,
     save_results,
     setup,
+    smollm2_config,
     time_side_by_side,
 )
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from ginformer.adapter import SparseGINConfig, get_sparse_gin_model
 from ginformer.adapter.lora import get_lora_model, lora_config_for_budget
 
 VARIANTS = ("frozen", "lora", "sparse-gin")
-
-
-def smollm2_config(layers: int) -> LlamaConfig:
-    """SmolLM2-135M's shape (its config.json), with `layers` decoder layers."""
-    return LlamaConfig(
-        vocab_size=49152,
-        hidden_size=576,
-        intermediate_size=1536,
-        num_hidden_layers=layers,
-        num_attention_heads=9,
-        num_key_value_heads=3,
-        head_dim=64,
-        max_position_embeddings=8192,
-        rms_norm_eps=1e-5,
-        rope_parameters={"rope_type": "default", "rope_theta": 100000.0},
-        tie_word_embeddings=True,
-        attn_implementation="sdpa",
-    )
 
 
 def build_variant(variant: str, layers: int, budget: int, device: torch.device, dtype: torch.dtype, seed: int):
