@@ -16,7 +16,9 @@ from ginformer.kernels.sparse_gin import GraphInputs, sparse_gin_neighbours
 def dense_neighbours(graph: GraphInputs, z):
     """The path the blockwise one replaces: A_agg (no gradient into q and k) and A' whole, (B, T_q, T_k), then A'·Z."""
     with torch.no_grad():
-        aggregated, allowed = head_aggregated_attention(graph.query, graph.key, graph.mask, graph.scaling, graph.aggregation)
+        aggregated, allowed = head_aggregated_attention(
+            graph.query, graph.key, graph.mask, graph.scaling, graph.aggregation
+        )
     adjacency = sparse_adjacency(
         aggregated, allowed, graph.alpha, graph.tau, graph.threshold, None, graph.self_loops_only, graph.external
     )
@@ -145,7 +147,8 @@ def test_adapted_model_trains_the_same_through_either_path(monkeypatch, config):
 
     def run():
         torch.manual_seed(0)
-        model = get_sparse_gin_model(LlamaForCausalLM(LlamaConfig(**TINY)), SparseGINConfig(dropout=0.0, tau=0.2, **config))
+        settings = SparseGINConfig(dropout=0.0, tau=0.2, **config)
+        model = get_sparse_gin_model(LlamaForCausalLM(LlamaConfig(**TINY)), settings)
         with torch.no_grad():
             for adapter in model.adapters:
                 adapter.scale.fill_(0.5)
@@ -162,4 +165,5 @@ def test_adapted_model_trains_the_same_through_either_path(monkeypatch, config):
     torch.testing.assert_close(blockwise[0], dense[0], rtol=1e-6, atol=1e-6)
     assert blockwise[1].keys() == dense[1].keys()
     for name in dense[1]:
-        torch.testing.assert_close(blockwise[1][name], dense[1][name], rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
+        got, want = blockwise[1][name], dense[1][name]
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5, msg=lambda message: f"{name}: {message}")

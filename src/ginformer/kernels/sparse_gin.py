@@ -24,6 +24,7 @@ Gradients reach Z, α, τ and G; q and k are treated as constants (`detach_adjac
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 
 import torch
@@ -71,6 +72,17 @@ class GraphInputs:
     @property
     def k_len(self) -> int:
         return self.key.shape[-2]
+
+    def apply(self, function: type[torch.autograd.Function], z: Tensor) -> Tensor:
+        """N = A'·Z through an autograd function taking (z, α, τ, G, q, k, mask, settings); q and k detached."""
+        settings = dict(
+            scaling=self.scaling,
+            threshold=self.threshold,
+            aggregation=self.aggregation,
+            self_loops_only=self.self_loops_only,
+        )
+        return function.apply(z, self.alpha, self.tau, self.external, self.query.detach(), self.key.detach(),
+                              self.mask, settings)
 
     def blocks(self) -> list[tuple[int, int]]:
         """Query row ranges [start, stop) whose scores hold about _BLOCK_SCORES floats each."""
@@ -243,28 +255,26 @@ def _recomputed_backward(ctx, grad: Tensor) -> tuple:
     return grad_z, grad_alpha, grad_tau, grad_external
 
 
+def torch_neighbours(graph: GraphInputs, z: Tensor) -> Tensor:
+    """N = A'·Z by the blockwise torch path: any device, the reference for the Triton kernels."""
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (z, graph.alpha, graph.tau, graph.external)
+    )
+    if not needs_grad:  # decoding: no autograd bookkeeping, no edge list
+        return blockwise_neighbours(graph, z)[0]
+    return graph.apply(_BlockwiseNeighbours, z)
+
+
 def sparse_gin_neighbours(graph: GraphInputs, z: Tensor) -> Tensor:
     """N = A'·Z (B, T_q, F) for the graph `graph` describes, with Z (B, T_k, F), never holding A' whole.
 
     Gradients flow to Z, α, τ and the outside graph, not to the query and key (they are read detached).
-    On CUDA with Triton installed a fused kernel computes it; elsewhere the blockwise torch path above.
+    On CUDA with Triton installed the kernels of kernels/triton_sparse_gin.py compute it; elsewhere, and for
+    shapes those kernels do not take, the blockwise torch path above.
     """
-    needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (z, graph.alpha, graph.tau, graph.external)
-    )
-    if graph.query.is_cuda:
+    if graph.query.is_cuda and importlib.util.find_spec("triton") is not None:
         from ginformer.kernels import triton_sparse_gin
 
         if triton_sparse_gin.supports(graph):
             return triton_sparse_gin.neighbours(graph, z)
-    if not needs_grad:
-        return blockwise_neighbours(graph, z)[0]
-    settings = dict(
-        scaling=graph.scaling,
-        threshold=graph.threshold,
-        aggregation=graph.aggregation,
-        self_loops_only=graph.self_loops_only,
-    )
-    return _BlockwiseNeighbours.apply(
-        z, graph.alpha, graph.tau, graph.external, graph.query.detach(), graph.key.detach(), graph.mask, settings
-    )
+    return torch_neighbours(graph, z)
