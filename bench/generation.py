@@ -66,6 +66,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--variants", nargs="+", default=None, choices=VARIANTS)
     parser.add_argument("--smollm2", action="store_true", help="SmolLM2-135M's shape; variants standard, sparse-gin")
+    parser.add_argument("--name", default="generation", help="the JSON copy's name: <--out>/<name>.json")
     args = add_common_args(parser).parse_args()
     args.layers = args.layers or (30 if args.smollm2 else 4)
     args.variants = args.variants or (["standard", "sparse-gin"] if args.smollm2 else list(VARIANTS))
@@ -104,7 +105,7 @@ def main() -> None:
         ["variant", "ms", "tokens/s", "time × standard", f"cached == uncached ({check_tokens} tokens)"],
         rows,
     )
-    save_results(args, "generation", {"rows": results})
+    save_results(args, args.name, {"rows": results})
 
 
 if __name__ == "__main__":
