@@ -104,17 +104,17 @@ class GraphInputs:
         scores = scores.view(batch, heads, count, visible)
         floor = torch.finfo(scores.dtype).min
         if self.mask is None and count == 1:
-            allowed = None  # one query sees every key up to itself
+            forbidden = None  # one query sees every key up to itself
         elif self.mask is None:
             # Only the last `count` keys can lie in some row's future: mask that square, not the whole block.
-            allowed = ~causal_mask(count, count, scores.device)  # (c, c), True where forbidden
-            scores[..., visible - count :].masked_fill_(allowed, floor)
+            forbidden = ~causal_mask(count, count, scores.device)  # (c, c)
+            scores[..., visible - count :].masked_fill_(forbidden, floor)
         else:
             mask = self.mask[:, :, start:stop, :visible]  # (B, 1, c, visible)
-            allowed = ~allowed_edges(mask, count, visible, scores.device)  # (B, c, visible), True where forbidden
+            forbidden = ~allowed_edges(mask, count, visible, scores.device)  # (B, c, visible)
             if mask.dtype != torch.bool:
                 scores += mask.float()
-            scores.masked_fill_(allowed[:, None], floor)
+            scores.masked_fill_(forbidden[:, None], floor)
         probs = scores.softmax(dim=-1)  # (B, H, c, visible); a row with no allowed key is uniform, and unused
         if self.aggregation == "sum":
             raw = probs.sum(dim=1).clamp_(max=1.0)
@@ -128,9 +128,9 @@ class GraphInputs:
             graph = raw.clamp(max=1.0)
         adjacency = torch.nn.functional.threshold(torch.sigmoid(self.alpha * (graph - self.tau)), self.threshold, 0.0)
         if self.mask is not None:
-            adjacency.masked_fill_(allowed, 0.0)
-        elif allowed is not None:
-            adjacency[..., visible - count :].masked_fill_(allowed, 0.0)
+            adjacency.masked_fill_(forbidden, 0.0)
+        elif forbidden is not None:
+            adjacency[..., visible - count :].masked_fill_(forbidden, 0.0)
         if self.self_loops_only:
             adjacency[..., : visible - count] = 0.0
             adjacency[..., visible - count :] *= torch.eye(count, device=adjacency.device)
