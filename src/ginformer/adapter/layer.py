@@ -9,6 +9,11 @@ Linear1 = W_in (d -> d_gnn) and Linear2 = W_out (d_gnn -> d). Aggregation is lin
 W_in, at width d_gnn instead of d: the same function for d_gnn/d of the cost. W_in has no bias for that
 to hold exactly; b is added after aggregation instead. The paper's extra residual Linear(X) is left out:
 the decoder's own residual stream already carries X, and a d x d map would dominate the budget.
+
+A'·Z is computed from the attention's q and k a block of query rows at a time (kernels/sparse_gin.py; Triton
+kernels on CUDA), so no (B, T_q, T_k) graph is built or kept for backward. A' is built whole (adjacency.py)
+only where a whole row is needed at once: to show it (capture_adjacency), to keep each row's top_k edges, and
+for detach_adjacency=False, whose gradient into q and k goes through every head's softmax.
 """
 
 from __future__ import annotations
