@@ -3,7 +3,12 @@ import torch
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
 from ginformer import GinformerConfig, GinformerForCausalLM
-from ginformer.attention import COMPILE_MIN_QUERIES, GINAttention, PNAAttention, _compiled_pna_aggregate
+from ginformer.attention import (
+    COMPILE_MIN_QUERIES,
+    GINAttention,
+    PNAAttention,
+    _compiled_pna_aggregate,
+)
 from reference import naive_graph_attention
 
 ALL_PNA = dict(pna_aggregators=["sum", "mean", "max", "min", "var", "std"], pna_scalers=["identity", "amplification", "attenuation"])

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from ginformer.adapter import (
     SparseGINConfig,
@@ -11,6 +12,7 @@ from ginformer.adapter import (
 )
 from ginformer.kernels import sparse_gin
 from ginformer.kernels.sparse_gin import GraphInputs, sparse_gin_neighbours
+from test_adapter import TINY
 
 
 def dense_neighbours(graph: GraphInputs, z):
@@ -44,16 +46,18 @@ def graph_inputs(mask_kind="none", heads=4, kv_heads=2, q_len=9, k_len=9, seed=0
     return GraphInputs(query, key, mask, 8**-0.5, alpha, tau, **settings)
 
 
-def assert_same_values_and_gradients(graph: GraphInputs):
-    z = torch.randn(2, graph.k_len, 5, requires_grad=True)
-    fast, slow = sparse_gin_neighbours(graph, z), dense_neighbours(graph, z)
-    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-6)
-    weights = torch.randn_like(slow)
+def assert_same_values_and_gradients(graph: GraphInputs, fast=sparse_gin_neighbours, slow=dense_neighbours, **close):
+    """fast(graph, Z) equals slow(graph, Z), and so do the gradients into Z, α, τ and G; `close`: value tolerances."""
+    z = torch.randn(2, graph.k_len, 5, device=graph.query.device, requires_grad=True)
+    got, want = fast(graph, z), slow(graph, z)
+    assert (want != 0).any()
+    torch.testing.assert_close(got, want, **(close or dict(rtol=1e-5, atol=1e-6)))
+    weights = torch.randn_like(want)
     inputs = [t for t in (z, graph.alpha, graph.tau, graph.external) if t is not None]
-    for got, want in zip(
-        torch.autograd.grad((fast * weights).sum(), inputs), torch.autograd.grad((slow * weights).sum(), inputs)
+    for got_grad, want_grad in zip(
+        torch.autograd.grad((got * weights).sum(), inputs), torch.autograd.grad((want * weights).sum(), inputs)
     ):
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(got_grad, want_grad, rtol=1e-4, atol=1e-5)
 
 
 CASES = {
@@ -72,6 +76,16 @@ CASES = {
 }
 
 
+def case_graph(case: str, **lengths) -> GraphInputs:
+    """The graph of one of CASES; `lengths` (q_len, k_len) apply where the case sets none."""
+    settings = {**lengths, **CASES[case]}
+    tau = settings.pop("tau", None)
+    graph = graph_inputs(**settings)
+    if tau is not None:
+        graph.tau = torch.tensor(tau, requires_grad=True)
+    return graph
+
+
 @pytest.mark.parametrize("backward", ["edges", "recompute"])
 @pytest.mark.parametrize("block_scores", [10**6, 20])  # one block; blocks of a few rows (20 // (B·H·T_k) ≥ 1)
 @pytest.mark.parametrize("case", CASES)
@@ -79,12 +93,7 @@ def test_blockwise_equals_dense_in_values_and_gradients(monkeypatch, case, block
     monkeypatch.setattr(sparse_gin, "_BLOCK_SCORES", block_scores)
     if backward == "recompute":  # no edge list fits: backward recomputes the blocks
         monkeypatch.setattr(sparse_gin, "EDGES_PER_QUERY", 0)
-    settings = dict(CASES[case])
-    tau = settings.pop("tau", None)
-    graph = graph_inputs(**settings)
-    if tau is not None:
-        graph.tau = torch.tensor(tau, requires_grad=True)
-    assert_same_values_and_gradients(graph)
+    assert_same_values_and_gradients(case_graph(case))
 
 
 def test_edge_budget_is_counted_over_blocks(monkeypatch):
@@ -130,21 +139,9 @@ def test_no_grad_path_needs_no_autograd_function():
     torch.testing.assert_close(plain, dense_neighbours(graph, z).detach(), rtol=1e-5, atol=1e-6)
 
 
-TINY = dict(
-    hidden_size=64,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    num_hidden_layers=2,
-    intermediate_size=128,
-    vocab_size=100,
-)
-
-
 @pytest.mark.parametrize("config", [dict(), dict(train_alpha=True, train_tau=True), dict(self_loops_only=True)])
 def test_adapted_model_trains_the_same_through_either_path(monkeypatch, config):
     """A whole adapted Llama (GQA, a left-padded batch): loss and every adapter gradient, blockwise vs dense."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     def run():
         torch.manual_seed(0)
         settings = SparseGINConfig(dropout=0.0, tau=0.2, **config)

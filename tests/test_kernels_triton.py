@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from ginformer.kernels.sparse_gin import torch_neighbours
-from test_kernels_sparse_gin import CASES, graph_inputs
+from test_kernels_sparse_gin import CASES, assert_same_values_and_gradients, case_graph, graph_inputs
 
 triton = pytest.importorskip("triton", reason="triton is not installed, so its kernels cannot be checked")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -30,26 +30,10 @@ def on_device(graph):
 
 @pytest.mark.parametrize("case", CASES)
 def test_triton_kernels_equal_the_torch_path(kernels, case):
-    """Values and gradients (Z, α, τ, G), over partial tiles: 37 queries and keys in tiles of 32."""
-    settings = dict(CASES[case])
-    tau = settings.pop("tau", None)
-    lengths = dict(q_len=37, k_len=37) if "q_len" not in settings else {}
-    graph = graph_inputs(**lengths, **settings)
-    if tau is not None:
-        graph.tau = torch.tensor(tau, requires_grad=True)
-    graph = on_device(graph)
-    z = torch.randn(2, graph.k_len, 5, device=DEVICE, requires_grad=True)
-    fast = kernels.neighbours(graph, z)
-    reference = torch_neighbours(graph, z)
-    assert (reference != 0).any()
-    # exp(s − lse) rounds otherwise than softmax, and the sigmoid's slope α·S(1−S) reaches 2.5
-    torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-5)
-    weights = torch.randn_like(reference)
-    inputs = [t for t in (z, graph.alpha, graph.tau, graph.external) if t is not None]
-    for got, want in zip(
-        torch.autograd.grad((fast * weights).sum(), inputs), torch.autograd.grad((reference * weights).sum(), inputs)
-    ):
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    """Values and gradients (Z, α, τ, G), over partial tiles: 37 queries and keys in tiles of 32. exp(s − lse)
+    rounds otherwise than softmax, and the sigmoid's slope α·S(1−S) reaches 2.5: values to 1e-4."""
+    graph = on_device(case_graph(case, q_len=37, k_len=37))
+    assert_same_values_and_gradients(graph, kernels.neighbours, torch_neighbours, rtol=1e-4, atol=1e-5)
 
 
 def test_triton_path_saves_only_the_log_sum_exp_beside_its_inputs(kernels):
