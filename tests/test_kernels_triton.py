@@ -1,6 +1,11 @@
 """Sparse-GIN's Triton kernels against the blockwise torch path: on CUDA where there is one, else on CPU in
 Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET=1 before anything imports triton)."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -46,3 +51,16 @@ def test_triton_path_saves_only_the_log_sum_exp_beside_its_inputs(kernels):
     quadratic = [t for t in saved if t.numel() >= 2 * 40 * 40]
     assert saved and all(t is graph.mask for t in quadratic), [tuple(t.shape) for t in quadratic]
     assert any(tuple(t.shape) == (2, 4, 40) for t in saved)  # the log-sum-exp, (B, H, T_q)
+
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_kernels_build_for_a_gpu(dtype):
+    """The interpreter forgives what a GPU build does not (types, constexpr use): build every kernel for an sm_90
+    target with Triton's compiler and ptxas, which need no GPU. In a fresh process: interpreted kernels, as this
+    process has, cannot be compiled."""
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    script = Path(__file__).with_name("triton_build.py")
+    result = subprocess.run([sys.executable, str(script), dtype], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["_lse_kernel", "_forward_kernel", "_backward_kernel"]
