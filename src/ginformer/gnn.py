@@ -17,7 +17,7 @@ PNA_SCALERS = ("identity", "amplification", "attenuation")
 # The eager max/min search reads keys in blocks of _MAX_MIN_KEYS, and as many query rows at once as keep a block
 # of (query, key, feature) messages within _MAX_MIN_BLOCK_ELEMENTS: 2**20 floats (4 MiB) stay in cache across
 # the passes eager code makes over them (product, mask, reduction).
-_MAX_MIN_KEYS = 256
+_MAX_MIN_KEYS = 1024
 _MAX_MIN_BLOCK_ELEMENTS = 2**20
 # Compiled code cuts a causal graph's rows into this many pieces, each reading keys up to its last row: 5/8 of the
 # keys a full scan reads.
@@ -35,35 +35,25 @@ def gin_aggregate(
     return self_weight * x_self + adjacency @ x_nodes
 
 
-def _winners(x_nodes: torch.Tensor, adjacency: torch.Tensor, largest: bool, causal: bool) -> torch.Tensor:
-    """The winning key j of max (min) over neighbours of A_ij·x_jd, per (query i, feature d).  (..., T_q, D) long
+def _messages(x_t: torch.Tensor, adjacency: torch.Tensor, rows: slice, keys: slice, fill: float) -> torch.Tensor:
+    """The messages A_ij·x_jd of query rows `rows` from keys `keys`, `fill` where A_ij = 0.  (..., c, D, k)"""
+    weights = adjacency[..., rows, None, keys]  # (..., c, 1, k)
+    return (weights * x_t[..., None, :, keys]).masked_fill_(weights == 0, fill)
 
-    When the graph is `causal` (rows are the last T_q of T_k nodes, j <= i + T_k − T_q), a block of query rows
-    reads only the keys up to its last row's position. Eager code keeps a running max (min) and its key over
-    cache-sized blocks of keys; compiled code cuts the rows into _COMPILED_PIECES pieces (a fixed count, so one
-    graph serves every length) and reads each piece's keys in one fused reduction that never writes a message.
-    """
+
+def _blockwise_winners(x_t: torch.Tensor, adjacency: torch.Tensor, largest: bool, causal: bool) -> torch.Tensor:
+    """Eager `_winners`: query blocks, each with a running max (min) and its key over cache-sized key blocks."""
     *batch, t_q, t_k = adjacency.shape
     fill = float("-inf") if largest else float("inf")
-    x_t = x_nodes.transpose(-1, -2)  # (..., D, T_k): keys innermost, where the reduction runs
-    if torch.compiler.is_compiling():
-        rows = [t_q * piece // _COMPILED_PIECES for piece in range(_COMPILED_PIECES + 1)] if causal else [0, t_q]
-        keys = None
-    else:
-        x_t = x_t.contiguous()
-        keys = min(t_k, _MAX_MIN_KEYS)
-        step = max(1, _MAX_MIN_BLOCK_ELEMENTS // (math.prod(batch) * x_nodes.shape[-1] * keys))
-        rows = [*range(0, t_q, step), t_q]
+    keys = min(t_k, _MAX_MIN_KEYS)
+    rows = max(1, _MAX_MIN_BLOCK_ELEMENTS // (math.prod(batch) * x_t.shape[-2] * keys))
     winners = []
-    for start, stop in zip(rows[:-1], rows[1:]):
+    for start in range(0, t_q, rows):
+        stop = min(start + rows, t_q)
         reach = stop + t_k - t_q if causal else t_k  # later keys lie in every row's future
-        key_starts = [0] if keys is None else range(0, reach, keys)
         best = index = None
-        for key_start in key_starts:
-            key_stop = reach if keys is None else min(key_start + keys, reach)
-            weights = adjacency[..., start:stop, None, key_start:key_stop]  # (..., c, 1, k)
-            messages = weights * x_t[..., None, :, key_start:key_stop]  # (..., c, D, k)
-            messages.masked_fill_(weights == 0, fill)
+        for key_start in range(0, reach, keys):
+            messages = _messages(x_t, adjacency, slice(start, stop), slice(key_start, min(key_start + keys, reach)), fill)
             value, block_index = messages.max(-1) if largest else messages.min(-1)  # (..., c, D)
             if best is None:
                 best, index = value, block_index
@@ -72,6 +62,36 @@ def _winners(x_nodes: torch.Tensor, adjacency: torch.Tensor, largest: bool, caus
                 best, index = torch.where(better, value, best), torch.where(better, block_index + key_start, index)
         winners.append(index)
     return torch.cat(winners, dim=-2)
+
+
+def _fused_winners(x_t: torch.Tensor, adjacency: torch.Tensor, largest: bool, causal: bool) -> torch.Tensor:
+    """Compiled `_winners`: inductor fuses product, mask and reduction, so no message is ever written. A causal
+    graph's rows go in _COMPILED_PIECES pieces, each reading keys up to its last row (a fixed count of pieces, so
+    one graph serves every length). Two plain reductions, the extreme value and then the first key that holds it,
+    vectorise where one fused argmax does not (1.6x faster at T = 1024)."""
+    t_q, t_k = adjacency.shape[-2:]
+    fill = float("-inf") if largest else float("inf")
+    cuts = [t_q * piece // _COMPILED_PIECES for piece in range(_COMPILED_PIECES + 1)] if causal else [0, t_q]
+    winners = []
+    for start, stop in zip(cuts[:-1], cuts[1:]):
+        reach = stop + t_k - t_q if causal else t_k
+        messages = _messages(x_t, adjacency, slice(start, stop), slice(0, reach), fill)  # (..., c, D, reach)
+        extreme = messages.amax(-1, keepdim=True) if largest else messages.amin(-1, keepdim=True)
+        keys = torch.arange(reach, device=messages.device)
+        winners.append(torch.where(messages == extreme, keys, reach).amin(-1))  # (..., c, D)
+    return torch.cat(winners, dim=-2)
+
+
+def _winners(x_nodes: torch.Tensor, adjacency: torch.Tensor, largest: bool, causal: bool) -> torch.Tensor:
+    """The winning key j of max (min) over neighbours of A_ij·x_jd, per (query i, feature d).  (..., T_q, D) long
+
+    When the graph is `causal` (rows are the last T_q of T_k nodes, j <= i + T_k − T_q), a block of query rows
+    reads only the keys up to its last row's position. Keys go innermost, where the reductions run.
+    """
+    x_t = x_nodes.transpose(-1, -2)  # (..., D, T_k)
+    if torch.compiler.is_compiling():
+        return _fused_winners(x_t, adjacency, largest, causal)
+    return _blockwise_winners(x_t.contiguous(), adjacency, largest, causal)
 
 
 def _extremum(x_nodes: torch.Tensor, adjacency: torch.Tensor, largest: bool, causal: bool) -> torch.Tensor:
