@@ -212,8 +212,8 @@ class PNAAttention(GraphAttention):
         return torch.sigmoid(self.blend_logit)
 
     def aggregate(self, query, key, nodes, attention_mask, graph_adjacency):
-        compile_ = self.config.pna_compile and query.shape[-2] >= COMPILE_MIN_QUERIES
-        if compile_ and not torch.compiler.is_compiling():
+        long_enough = query.shape[-2] >= COMPILE_MIN_QUERIES
+        if self.config.pna_compile and long_enough and not torch.compiler.is_compiling():
             return _compiled_pna_aggregate()(self, query, key, nodes, attention_mask, graph_adjacency)
         return self.eager_aggregate(query, key, nodes, attention_mask, graph_adjacency)
 
