@@ -4,7 +4,9 @@ Variants share every config field but the attention options:
     standard     transformers' LlamaAttention (sdpa)
     gin          GIN-Attention fast path: softmax adjacency, A'·X through SDPA, one batched MLP for all heads
     gin-sigmoid  GIN-Attention with a sigmoid adjacency: materialises (B, H, T, T)
-    pna          PNA-Attention: materialises (B, H, T, T) and max over neighbours, chunked over query rows
+    pna          PNA-Attention as users get it: materialises (B, H, T, T); its aggregation (max over neighbours
+                 block by block included) goes through torch.compile (config.pna_compile, the default)
+    pna-eager    the same with pna_compile=False
 Each length T uses batch = max(1, tokens // T), so every row of the table processes the same number of tokens.
 The dense variants are skipped above --max-dense-length (their time and memory grow as T²).
 
@@ -33,8 +35,9 @@ VARIANTS = {
     "gin": dict(kind="gin"),
     "gin-sigmoid": dict(kind="gin", adjacency_activation="sigmoid"),
     "pna": dict(kind="pna"),
+    "pna-eager": dict(kind="pna", pna_compile=False),
 }
-DENSE = {"gin-sigmoid", "pna"}
+DENSE = {"gin-sigmoid", "pna", "pna-eager"}
 
 
 def parse_args() -> argparse.Namespace:

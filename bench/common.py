@@ -30,6 +30,7 @@ from collections.abc import Callable
 
 import torch
 from tqdm import tqdm
+from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
 import ginformer  # noqa: F401  (registers the ginformer model type)
@@ -88,6 +89,24 @@ def model_config(kind: str, *, hidden: int, heads: int, layers: int, **options) 
         max_position_embeddings=16384,
         attention_kind=kind,
         **options,
+    )
+
+
+def smollm2_config(layers: int) -> LlamaConfig:
+    """SmolLM2-135M's shape (its config.json), with `layers` decoder layers."""
+    return LlamaConfig(
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=layers,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        head_dim=64,
+        max_position_embeddings=8192,
+        rms_norm_eps=1e-5,
+        rope_parameters={"rope_type": "default", "rope_theta": 100000.0},
+        tie_word_embeddings=True,
+        attn_implementation="sdpa",
     )
 
 

@@ -32,32 +32,15 @@ from common import (
     print_table,
     save_results,
     setup,
+    smollm2_config,
     time_side_by_side,
 )
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from ginformer.adapter import SparseGINConfig, get_sparse_gin_model
 from ginformer.adapter.lora import get_lora_model, lora_config_for_budget
 
 VARIANTS = ("frozen", "lora", "sparse-gin")
-
-
-def smollm2_config(layers: int) -> LlamaConfig:
-    """SmolLM2-135M's shape (its config.json), with `layers` decoder layers."""
-    return LlamaConfig(
-        vocab_size=49152,
-        hidden_size=576,
-        intermediate_size=1536,
-        num_hidden_layers=layers,
-        num_attention_heads=9,
-        num_key_value_heads=3,
-        head_dim=64,
-        max_position_embeddings=8192,
-        rms_norm_eps=1e-5,
-        rope_parameters={"rope_type": "default", "rope_theta": 100000.0},
-        tie_word_embeddings=True,
-        attn_implementation="sdpa",
-    )
 
 
 def build_variant(variant: str, layers: int, budget: int, device: torch.device, dtype: torch.dtype, seed: int):
@@ -128,18 +111,21 @@ def step_memory(
     return peak_memory(step, device)
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(description: str = __doc__, **defaults) -> argparse.Namespace:
+    """The flags; `defaults` replaces the defaults of some (long_context.py's other lengths and layers)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", type=int, nargs="+", default=[256, 512, 1024])
     parser.add_argument("--tokens", type=int, default=1024, help="tokens per batch: batch = max(1, tokens // T)")
     parser.add_argument("--layers", type=int, default=30, help="decoder layers (SmolLM2-135M: 30)")
     parser.add_argument("--repeats", type=int, default=3, help="timed steps per variant (after one warm-up)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--name", default="finetune_step", help="the JSON copy's name: <--out>/<name>.json")
+    parser.set_defaults(**defaults)
     return add_common_args(parser).parse_args()
 
 
-def main() -> None:
-    args = parse_args()
+def main(args: argparse.Namespace | None = None) -> None:
+    args = args or parse_args()
     device, dtype = setup(args)
     budget = sparse_gin_trainable(args.layers)
     lora_config, lora_count = lora_config_for_budget(
@@ -190,7 +176,7 @@ def main() -> None:
         rows,
     )
     print(f"load average after the run: {', '.join(f'{v:.1f}' for v in os.getloadavg())}")
-    save_results(args, "finetune_step", {"budget": budget, "lora_r": lora_config.r, "rows": results})
+    save_results(args, args.name, {"budget": budget, "lora_r": lora_config.r, "rows": results})
 
 
 if __name__ == "__main__":

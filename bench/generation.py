@@ -7,8 +7,11 @@ Variants (same sizes; random weights, since only speed is measured):
     sparse-gin   the standard model, frozen, with ginformer.adapter's Sparse-GIN branch in every layer
 Every variant generates exactly --new-tokens tokens (no end-of-sequence token) after a random prompt. Before
 timing, each variant's cached greedy output is checked against an uncached run (fast but wrong is not fast).
+With --smollm2 the base is a LlamaForCausalLM of SmolLM2-135M's shape (30 layers unless --layers, hidden 576,
+9 query / 3 key-value heads, FFN 1536, vocabulary 49,152; random weights), and only standard and sparse-gin run.
 
     python bench/generation.py                    # batch 1, prompt 64, 128 new tokens
+    python bench/generation.py --smollm2 --new-tokens 64
 """
 
 import argparse
@@ -22,8 +25,10 @@ from common import (
     print_table,
     save_results,
     setup,
+    smollm2_config,
     time_side_by_side,
 )
+from transformers import LlamaForCausalLM
 
 from ginformer.adapter import SparseGINConfig, get_sparse_gin_model
 
@@ -31,8 +36,12 @@ VARIANTS = ("standard", "gin", "pna", "sparse-gin")
 
 
 def build_variant(name: str, args: argparse.Namespace, device: torch.device, dtype: torch.dtype):
+    torch.manual_seed(args.seed)  # sparse-gin and standard share their base weights
     kind = "standard" if name == "sparse-gin" else name
-    model = build_model(model_config(kind, hidden=args.hidden, heads=args.heads, layers=args.layers), device, dtype)
+    if args.smollm2:
+        model = LlamaForCausalLM(smollm2_config(args.layers)).to(device=device, dtype=dtype)
+    else:
+        model = build_model(model_config(kind, hidden=args.hidden, heads=args.heads, layers=args.layers), device, dtype)
     if name == "sparse-gin":
         model = get_sparse_gin_model(model, SparseGINConfig())
     model.eval()
@@ -53,16 +62,24 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--layers", type=int, default=None, help="default: 4, or 30 with --smollm2")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--variants", nargs="+", default=None, choices=VARIANTS)
+    parser.add_argument("--smollm2", action="store_true", help="SmolLM2-135M's shape; variants standard, sparse-gin")
+    parser.add_argument("--name", default="generation", help="the JSON copy's name: <--out>/<name>.json")
     args = add_common_args(parser).parse_args()
+    args.layers = args.layers or (30 if args.smollm2 else 4)
+    args.variants = args.variants or (["standard", "sparse-gin"] if args.smollm2 else list(VARIANTS))
+    if args.smollm2 and not set(args.variants) <= {"standard", "sparse-gin"}:
+        parser.error("--smollm2 runs the variants standard and sparse-gin only")
     device, dtype = setup(args)
+    shape = "SmolLM2-135M-shaped" if args.smollm2 else f"hidden {args.hidden}, {args.heads} heads"
     print(
-        f"machine: {machine()}; dtype {args.dtype}; hidden {args.hidden}, {args.heads} heads, {args.layers} layers; "
+        f"machine: {machine()}; dtype {args.dtype}; {shape}, {args.layers} layers; "
         f"batch {args.batch}, prompt {args.prompt}, {args.new_tokens} new tokens"
     )
-    prompt = torch.randint(0, 256, (args.batch, args.prompt), device=device)
+    vocab = smollm2_config(1).vocab_size if args.smollm2 else 256
+    prompt = torch.randint(0, vocab, (args.batch, args.prompt), device=device)
     models = {name: build_variant(name, args, device, dtype) for name in args.variants}
     check_tokens = min(16, args.new_tokens)
     cache_matches = {
@@ -88,7 +105,7 @@ def main() -> None:
         ["variant", "ms", "tokens/s", "time × standard", f"cached == uncached ({check_tokens} tokens)"],
         rows,
     )
-    save_results(args, "generation", {"rows": results})
+    save_results(args, args.name, {"rows": results})
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 import json
+import os
 import random
 import sys
 from pathlib import Path
@@ -10,6 +11,10 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 # The naive reference implementations in tests/ are imported by the tests as a plain module.
 sys.path.insert(0, str(Path(__file__).parent))
+
+# Without a GPU, Triton kernels run in Triton's interpreter, which is chosen when triton is first imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from ginformer.data.instruct import PAPER_END  # noqa: E402
 
@@ -73,5 +78,3 @@ def base_dir(tmp_path_factory, task_files):
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
-
-

@@ -17,6 +17,7 @@ from transformers import (
 )
 
 from ginformer.adapter import (
+    AttentionInputs,
     SparseGINConfig,
     SparseGINLayer,
     SparseGINModel,
@@ -197,10 +198,12 @@ def test_the_branch_joins_the_layer_where_the_placement_says(placement):
     before = first_layer_trace(reference, ids)
     with model.capture_adjacency() as graphs:
         after = first_layer_trace(model.get_base_model(), ids)
-    allowed = allowed_edges(None, 7, 7, torch.device("cpu"))
+    adapter = model.adapters[0]
     with torch.no_grad():
-        def branch(x):
-            return model.adapters[0](x, graphs[0].aggregated, allowed)[0]
+        def branch(x):  # λ·W_out(Act(Norm(s·Z + A'·Z + b))), Z = W_in(RMSNorm(X)), written out on the captured A'
+            z = adapter.in_proj(adapter.input_norm(x))
+            messages = adapter.self_weight * z + graphs[0].adjacency @ z + adapter.bias
+            return adapter.scale * adapter.out_proj(adapter.act(adapter.norm(messages)))
 
         layer = reference.model.layers[0]
         x = before["h"] + before["a"]
@@ -226,19 +229,21 @@ def test_a_later_token_never_changes_an_earlier_output(placement):
     assert not torch.allclose(before[:, -1], after[:, -1])
 
 
-def test_messages_flow_from_earlier_tokens_unless_self_loops_only():
+@pytest.mark.parametrize("keep_graph", [False, True])  # the blockwise path and the dense one
+def test_messages_flow_from_earlier_tokens_unless_self_loops_only(keep_graph):
     """The GIN branch alone, on one fixed graph: only A' can carry token 0's change to token 3."""
     torch.manual_seed(0)
-    allowed = allowed_edges(None, 4, 4, torch.device("cpu"))
-    aggregated = torch.ones(1, 4, 4) * allowed  # every causal edge at full weight
+    attention = AttentionInputs(torch.randn(1, 4, 4, 8), torch.randn(1, 2, 4, 8), None, 8**-0.5)
+    saturated = torch.ones(1, 4, 4)  # an outside graph that puts every causal edge at full weight
     x = torch.randn(1, 4, 64)
     x_changed = x.clone()
     x_changed[0, 0] += 1.0
     for self_loops_only, flows in [(False, True), (True, False)]:
         layer = SparseGINLayer(64, SparseGINConfig(dropout=0.0, self_loops_only=self_loops_only), scale=1.0).eval()
-        delta, graph = layer(x, aggregated, allowed)
-        delta_changed, _ = layer(x_changed, aggregated, allowed)
-        assert (graph[0, 3, 0] > 0) == flows
+        delta, graph = layer(x, attention, external=saturated, keep_graph=keep_graph)
+        delta_changed, _ = layer(x_changed, attention, external=saturated, keep_graph=keep_graph)
+        if keep_graph:
+            assert (graph[1][0, 3, 0] > 0) == flows
         assert not torch.allclose(delta[0, 0], delta_changed[0, 0])
         assert torch.allclose(delta[0, 3], delta_changed[0, 3]) != flows
 

@@ -3,7 +3,12 @@ import torch
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
 from ginformer import GinformerConfig, GinformerForCausalLM
-from ginformer.attention import GINAttention, PNAAttention
+from ginformer.attention import (
+    COMPILE_MIN_QUERIES,
+    GINAttention,
+    PNAAttention,
+    _compiled_pna_aggregate,
+)
 from reference import naive_graph_attention
 
 ALL_PNA = dict(pna_aggregators=["sum", "mean", "max", "min", "var", "std"], pna_scalers=["identity", "amplification", "attenuation"])
@@ -38,6 +43,7 @@ def tiny_config(kind: str, **options) -> GinformerConfig:
         num_key_value_heads=4,
         attention_kind=kind,
         max_position_embeddings=64,
+        pna_compile=False,  # compiling every tiny case would take minutes; one test below checks compiled == eager
     )
     values.update(options)
     return GinformerConfig(**values)
@@ -170,3 +176,23 @@ def test_attention_dropout_drops_edges_in_training_only(kind, options):
     assert not torch.allclose(first, second)  # a fresh mask each call
     assert not torch.allclose(first, plain(ids).logits)
     torch.testing.assert_close(plain(ids).logits, plain(ids).logits)  # without dropout, training mode is exact
+
+
+def test_compiled_pna_layer_equals_eager():
+    """pna_compile (the default) runs the same aggregation through torch.compile: same output and gradients."""
+    config = tiny_config("pna", pna_compile=True, **ALL_PNA)
+    layer = attention_layer(config)
+    hidden, position_embeddings = layer_inputs(config, length=COMPILE_MIN_QUERIES)  # the shortest compiled step
+    compiled, _ = layer(hidden, position_embeddings)
+    assert _compiled_pna_aggregate.cache_info().currsize == 1  # the compiled path ran
+    layer.config.pna_compile = False
+    eager, _ = layer(hidden, position_embeddings)
+    torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
+    inputs = [hidden] + [p for p in layer.parameters() if p.requires_grad]
+    weights = torch.randn_like(eager)
+    for got, want in zip(torch.autograd.grad((compiled * weights).sum(), inputs, allow_unused=True),
+                         torch.autograd.grad((eager * weights).sum(), inputs, allow_unused=True)):
+        if want is None:
+            assert got is None or not got.any()
+        else:
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)

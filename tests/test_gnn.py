@@ -89,23 +89,26 @@ def test_pna_on_a_hand_checked_graph():
 def test_pna_max_is_chunked_without_changing_the_result(monkeypatch):
     x, adjacency = random_graph(nodes=9, features=3, seed=2)
     whole = pna_aggregate(x, adjacency, ["max", "min"], ["identity"], 1.0)
-    monkeypatch.setattr("ginformer.gnn._MAX_MIN_CHUNK_ELEMENTS", 20)  # forces chunks of 2 query rows
+    monkeypatch.setattr("ginformer.gnn._MAX_MIN_BLOCK_ELEMENTS", 20)  # forces blocks of one query row
+    monkeypatch.setattr("ginformer.gnn._MAX_MIN_KEYS", 4)  # and a running max over three key blocks
     torch.testing.assert_close(pna_aggregate(x, adjacency, ["max", "min"], ["identity"], 1.0), whole)
 
 
 @pytest.mark.parametrize("aggregator", ["max", "min"])
-def test_pna_extremum_over_causal_chunks_equals_a_masked_reduction(monkeypatch, aggregator):
-    """Batched heads, a causal graph with a row that has no neighbour, several query chunks that each scan only
-    the keys they can reach: values and gradients equal the textbook masked max/min (float64, no ties)."""
+def test_pna_extremum_over_causal_blocks_equals_a_masked_reduction(monkeypatch, aggregator):
+    """Batched heads, a causal graph with a row that has no neighbour, query blocks that each scan only the keys
+    they can see, in key blocks with a running max (min): values and gradients equal the textbook masked max/min
+    (float64, no ties)."""
     generator = torch.Generator().manual_seed(3)
     x = torch.randn(2, 3, 9, 4, generator=generator, dtype=torch.float64).requires_grad_()
     keep = torch.rand(2, 3, 9, 9, generator=generator) > 0.3
     adjacency = (torch.rand(2, 3, 9, 9, generator=generator, dtype=torch.float64) * keep).tril()
     adjacency[0, 1, 4] = 0.0
     adjacency.requires_grad_()
-    monkeypatch.setattr("ginformer.gnn._MAX_MIN_CHUNK_ELEMENTS", 500)  # 2 query rows per chunk at this size
+    monkeypatch.setattr("ginformer.gnn._MAX_MIN_BLOCK_ELEMENTS", 100)  # 2 query rows per block at this size
+    monkeypatch.setattr("ginformer.gnn._MAX_MIN_KEYS", 2)
 
-    ours = pna_aggregate(x, adjacency, [aggregator], ["identity"], 1.0)
+    ours = pna_aggregate(x, adjacency, [aggregator], ["identity"], 1.0, causal=True)
     messages = (adjacency[..., None] * x[..., None, :, :]).masked_fill(
         adjacency[..., None] == 0, -math.inf if aggregator == "max" else math.inf
     )  # (B, H, T_q, T_k, D)
@@ -120,14 +123,14 @@ def test_pna_extremum_over_causal_chunks_equals_a_masked_reduction(monkeypatch, 
 
 
 def test_compiled_pna_max_min_equal_eager():
-    """Under torch.compile the key cut is skipped (it would break the graph): same values and gradients."""
+    """Compiled code reads a query block's keys in one fused reduction: the values and gradients of eager blocks."""
     generator = torch.Generator().manual_seed(4)
     x = torch.randn(2, 3, 9, 4, generator=generator).requires_grad_()
     adjacency = (torch.rand(2, 3, 9, 9, generator=generator) * (torch.rand(2, 3, 9, 9, generator=generator) > 0.3))
     adjacency = adjacency.tril().requires_grad_()
 
     def aggregate(x, adjacency):
-        return pna_aggregate(x, adjacency, ["max", "min"], ["identity"], 1.0)
+        return pna_aggregate(x, adjacency, ["max", "min"], ["identity"], 1.0, causal=True)
 
     eager, compiled = aggregate(x, adjacency), torch.compile(aggregate, fullgraph=True)(x, adjacency)
     torch.testing.assert_close(compiled, eager)

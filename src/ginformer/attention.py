@@ -15,6 +15,7 @@ aggregation. The KV cache stores the node features X in the value slot, so cache
 features an uncached forward would.
 """
 
+import functools
 import math
 
 import torch
@@ -24,6 +25,11 @@ from transformers.models.llama.modeling_llama import LlamaAttention, apply_rotar
 
 from ginformer import graph
 from ginformer.gnn import HeadwiseMLP, gin_aggregate, pna_aggregate
+
+
+# PNA's aggregation goes through torch.compile (config.pna_compile) from this many queries per sequence on: below,
+# its T² work is small and compiling (tens of seconds per graph on CPU) costs more than it saves.
+COMPILE_MIN_QUERIES = 64
 
 
 def allowed_edges(attention_mask: torch.Tensor | None, t_q: int, t_k: int, device: torch.device) -> torch.Tensor:
@@ -212,12 +218,28 @@ class PNAAttention(GraphAttention):
         return torch.sigmoid(self.blend_logit)
 
     def aggregate(self, query, key, nodes, attention_mask, graph_adjacency):
+        long_enough = query.shape[-2] >= COMPILE_MIN_QUERIES
+        if self.config.pna_compile and long_enough and not torch.compiler.is_compiling():
+            return _compiled_pna_aggregate()(self, query, key, nodes, attention_mask, graph_adjacency)
+        return self.eager_aggregate(query, key, nodes, attention_mask, graph_adjacency)
+
+    def eager_aggregate(self, query, key, nodes, attention_mask, graph_adjacency):
         config = self.config
         adjacency = self.dense_adjacency(query, key, attention_mask, graph_adjacency)  # (B, H, T_q, T_k)
         features = pna_aggregate(
-            self.per_head(nodes), self.drop_edges(adjacency), config.pna_aggregators, config.pna_scalers,
+            self.per_head(nodes),
+            self.drop_edges(adjacency),
+            config.pna_aggregators,
+            config.pna_scalers,
             config.pna_degree_delta,
+            causal=True,
         )  # (B, H, T_q, S·G·D)
         standard = self.softmax_messages(query, key, nodes, attention_mask, 1.0)  # (B, H, T_q, D)
         blend = self.blend.to(query.dtype)
         return (1 - blend) * standard + blend * self.mlp(features), adjacency
+
+
+@functools.cache
+def _compiled_pna_aggregate():
+    """PNAAttention.eager_aggregate through torch.compile, built on first use and shared by every PNA layer."""
+    return torch.compile(PNAAttention.eager_aggregate)

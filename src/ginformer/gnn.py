@@ -14,8 +14,14 @@ import torch.nn.functional as F
 PNA_AGGREGATORS = ("sum", "mean", "max", "min", "var", "std")
 PNA_SCALERS = ("identity", "amplification", "attenuation")
 
-# How many (query, key, feature) messages max/min aggregation may hold at once (2**24 floats = 64 MiB).
-_MAX_MIN_CHUNK_ELEMENTS = 2**24
+# The eager max/min search reads keys in blocks of _MAX_MIN_KEYS, and as many query rows at once as keep a block
+# of (query, key, feature) messages within _MAX_MIN_BLOCK_ELEMENTS: 2**20 floats (4 MiB) stay in cache across
+# the passes eager code makes over them (product, mask, reduction).
+_MAX_MIN_KEYS = 1024
+_MAX_MIN_BLOCK_ELEMENTS = 2**20
+# Compiled code cuts a causal graph's rows into this many pieces, each reading keys up to its last row: 5/8 of the
+# keys a full scan reads.
+_COMPILED_PIECES = 4
 
 
 def gin_aggregate(
@@ -29,39 +35,77 @@ def gin_aggregate(
     return self_weight * x_self + adjacency @ x_nodes
 
 
-def _keys_reached(has_edge: torch.Tensor) -> int:
-    """1 + the last key any of these rows has an edge to (at least 1): no later key can win a max or min."""
-    used = has_edge.reshape(-1, has_edge.shape[-1]).any(0)  # (T_k,)
-    return int(used.nonzero().max()) + 1 if used.any() else 1
+def _messages(x_t: torch.Tensor, adjacency: torch.Tensor, rows: slice, keys: slice, fill: float) -> torch.Tensor:
+    """The messages A_ij·x_jd of query rows `rows` from keys `keys`, `fill` where A_ij = 0.  (..., c, D, k)"""
+    weights = adjacency[..., rows, None, keys]  # (..., c, 1, k)
+    return (weights * x_t[..., None, :, keys]).masked_fill_(weights == 0, fill)
 
 
-def _extremum(x_nodes: torch.Tensor, adjacency: torch.Tensor, largest: bool) -> torch.Tensor:
+def _blockwise_winners(x_t: torch.Tensor, adjacency: torch.Tensor, largest: bool, causal: bool) -> torch.Tensor:
+    """Eager `_winners`: query blocks, each with a running max (min) and its key over cache-sized key blocks."""
+    *batch, t_q, t_k = adjacency.shape
+    fill = float("-inf") if largest else float("inf")
+    keys = min(t_k, _MAX_MIN_KEYS)
+    rows = max(1, _MAX_MIN_BLOCK_ELEMENTS // (math.prod(batch) * x_t.shape[-2] * keys))
+    winners = []
+    for start in range(0, t_q, rows):
+        stop = min(start + rows, t_q)
+        reach = stop + t_k - t_q if causal else t_k  # later keys lie in every row's future
+        best = index = None
+        for key_start in range(0, reach, keys):
+            messages = _messages(x_t, adjacency, slice(start, stop), slice(key_start, min(key_start + keys, reach)), fill)
+            value, block_index = messages.max(-1) if largest else messages.min(-1)  # (..., c, D)
+            if best is None:
+                best, index = value, block_index
+            else:
+                better = value > best if largest else value < best  # ties keep the earlier key
+                best, index = torch.where(better, value, best), torch.where(better, block_index + key_start, index)
+        winners.append(index)
+    return torch.cat(winners, dim=-2)
+
+
+def _fused_winners(x_t: torch.Tensor, adjacency: torch.Tensor, largest: bool, causal: bool) -> torch.Tensor:
+    """Compiled `_winners`: inductor fuses product, mask and reduction, so no message is ever written. A causal
+    graph's rows go in _COMPILED_PIECES pieces, each reading keys up to its last row (a fixed count of pieces, so
+    one graph serves every length). Two plain reductions, the extreme value and then the first key that holds it,
+    vectorise where one fused argmax does not (1.6x faster at T = 1024)."""
+    t_q, t_k = adjacency.shape[-2:]
+    fill = float("-inf") if largest else float("inf")
+    cuts = [t_q * piece // _COMPILED_PIECES for piece in range(_COMPILED_PIECES + 1)] if causal else [0, t_q]
+    winners = []
+    for start, stop in zip(cuts[:-1], cuts[1:]):
+        reach = stop + t_k - t_q if causal else t_k
+        messages = _messages(x_t, adjacency, slice(start, stop), slice(0, reach), fill)  # (..., c, D, reach)
+        extreme = messages.amax(-1, keepdim=True) if largest else messages.amin(-1, keepdim=True)
+        keys = torch.arange(reach, device=messages.device)
+        winners.append(torch.where(messages == extreme, keys, reach).amin(-1))  # (..., c, D)
+    return torch.cat(winners, dim=-2)
+
+
+def _winners(x_nodes: torch.Tensor, adjacency: torch.Tensor, largest: bool, causal: bool) -> torch.Tensor:
+    """The winning key j of max (min) over neighbours of A_ij·x_jd, per (query i, feature d).  (..., T_q, D) long
+
+    When the graph is `causal` (rows are the last T_q of T_k nodes, j <= i + T_k − T_q), a block of query rows
+    reads only the keys up to its last row's position. Keys go innermost, where the reductions run.
+    """
+    x_t = x_nodes.transpose(-1, -2)  # (..., D, T_k)
+    if torch.compiler.is_compiling():
+        return _fused_winners(x_t, adjacency, largest, causal)
+    return _blockwise_winners(x_t.contiguous(), adjacency, largest, causal)
+
+
+def _extremum(x_nodes: torch.Tensor, adjacency: torch.Tensor, largest: bool, causal: bool) -> torch.Tensor:
     """max (or min) over neighbours j (A_ij > 0) of the weighted messages A_ij·x_j; 0 for a node with none.
 
-    The winning key of each (query, feature) is found without autograd, chunked over query rows so that at most
-    (..., chunk, T_k, D) messages exist at once; only the winners are then recomputed with gradients. Keeping every
-    message chunk for amax's backward cost ~10x the memory and ~4x the time. A chunk only scans keys up to the
-    last one any of its rows has an edge to: under a causal mask, half the keys on average.
+    The winning key of each (query, feature) is found without autograd (`_winners`); only the winners are then
+    recomputed with gradients. Keeping every message for amax's backward cost ~10x the memory and ~4x the time.
     """
     *batch, t_q, t_k = adjacency.shape
-    d = x_nodes.shape[-1]
-    x_nodes = x_nodes.expand(*batch, t_k, d)
-    fill = float("-inf") if largest else float("inf")
-    chunk = max(1, _MAX_MIN_CHUNK_ELEMENTS // max(1, math.prod(batch) * t_k * d))
-    has_edge = adjacency != 0  # (..., T_q, T_k)
+    x_nodes = x_nodes.expand(*batch, t_k, x_nodes.shape[-1])
     with torch.no_grad():
-        winners = []
-        for start in range(0, t_q, chunk):
-            # The cut is data-dependent: under torch.compile it would break the graph and recompile for every
-            # chunk, so compiled code scans all keys (inductor fuses that scan well).
-            keys = t_k if torch.compiler.is_compiling() else _keys_reached(has_edge[..., start : start + chunk, :])
-            weights = adjacency[..., start : start + chunk, :keys, None]  # (..., c, keys, 1)
-            messages = weights * x_nodes[..., None, :keys, :]  # (..., c, keys, D)
-            messages.masked_fill_(weights == 0, fill)
-            winners.append(messages.argmax(-2) if largest else messages.argmin(-2))  # (..., c, D)
-        best = torch.cat(winners, dim=-2)  # (..., T_q, D): index of the winning key
+        best = _winners(x_nodes, adjacency, largest, causal)  # (..., T_q, D): index of the winning key
     reduced = adjacency.gather(-1, best) * x_nodes.gather(-2, best)  # (..., T_q, D), differentiable
-    return torch.where(has_edge.any(dim=-1, keepdim=True), reduced, 0.0)
+    return torch.where((adjacency != 0).any(dim=-1, keepdim=True), reduced, 0.0)
 
 
 def pna_aggregate(
@@ -71,6 +115,7 @@ def pna_aggregate(
     scalers: tuple[str, ...] | list[str],
     degree_delta: float,
     eps: float = 1e-5,
+    causal: bool = False,
 ) -> torch.Tensor:
     """Principal Neighbourhood Aggregation (Corso et al., 2020) over a weighted neighbourhood.
 
@@ -81,7 +126,8 @@ def pna_aggregate(
     attenuation δ/log(n_i + 1), where δ is the mean log(n + 1) of the training graphs.
 
     x_nodes (..., T_k, D), adjacency (..., T_q, T_k) → (..., T_q, len(scalers)·len(aggregators)·D),
-    ordered scaler-major, then aggregator, then feature.
+    ordered scaler-major, then aggregator, then feature. `causal` promises no edge j -> i for j > i + T_k − T_q
+    (attention graphs): max and min then skip the keys in every row's future.
     """
     summed = adjacency @ x_nodes  # (..., T_q, D)
     weighted_degree = adjacency.sum(-1, keepdim=True).clamp_min(eps)  # (..., T_q, 1)
@@ -92,8 +138,8 @@ def pna_aggregate(
         "mean": lambda: mean,
         "var": lambda: variance,
         "std": lambda: torch.sqrt(variance + eps),
-        "max": lambda: _extremum(x_nodes, adjacency, largest=True),
-        "min": lambda: _extremum(x_nodes, adjacency, largest=False),
+        "max": lambda: _extremum(x_nodes, adjacency, largest=True, causal=causal),
+        "min": lambda: _extremum(x_nodes, adjacency, largest=False, causal=causal),
     }
     aggregated = torch.cat([computed[name]() for name in aggregators], dim=-1)  # (..., T_q, G·D)
 

@@ -81,6 +81,10 @@ class GinformerConfig(LlamaConfig):
     learn_pna_blend: bool = True
     # The PNA MLP's hidden width is this multiple of head_dim.
     pna_mlp_multiplier: float | int = 1.0
+    # Run PNA-Attention's aggregation through torch.compile (inductor) on steps of 64 queries per sequence or more
+    # (training, long prompts): it fuses the max/min search and the adjacency's element-wise passes. False keeps it
+    # eager, e.g. where inductor cannot build kernels; shorter steps and one-token decoding are always eager.
+    pna_compile: bool = True
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)

@@ -36,7 +36,7 @@ Usage, as with peft:
     base = model.unload()
 """
 
-from .adjacency import allowed_edges, head_aggregated_attention, sparse_adjacency
+from .adjacency import AttentionInputs, allowed_edges, head_aggregated_attention, sparse_adjacency
 from .auto import AutoSparseGINModelForCausalLM
 from .config import SparseGINConfig
 from .layer import SparseGINLayer
@@ -49,6 +49,7 @@ from .model import (
 )
 
 __all__ = [
+    "AttentionInputs",
     "AutoSparseGINModelForCausalLM",
     "LayerGraph",
     "SparseGINConfig",

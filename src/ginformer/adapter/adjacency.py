@@ -13,10 +13,21 @@ G is an optional external graph (zero when absent). No function here ever holds 
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
 from ginformer.graph import allowed_edges
+
+
+class AttentionInputs(NamedTuple):
+    """What a layer's attention function was called with, as far as its graph depends on it."""
+
+    query: Tensor  # (B, H, T_q, D), after RoPE
+    key: Tensor  # (B, H_kv, T_k, D), cached keys included
+    mask: Tensor | None  # None (causal) or (B, 1, T_q, T_k): bool (True = attend) or additive float
+    scaling: float
 
 
 def self_edges(q_len: int, k_len: int, device: torch.device | None = None) -> Tensor:

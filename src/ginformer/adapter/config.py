@@ -39,12 +39,14 @@ class SparseGINConfig:
     edge_threshold: float = 0.2
     """The paper's ε: edges whose sharpened weight is <= this are dropped (paper: 0.2); the graph's sparsity."""
     top_k: int | None = None
-    """Keep at most this many strongest incoming edges per token (None: no limit)."""
+    """Keep at most this many strongest incoming edges per token (None: no limit). A row's top k needs the whole
+    row: with top_k, A' is built and kept whole, O(B·T²) memory per layer, as with detach_adjacency=False."""
     self_loops_only: bool = False
     """Keep only the diagonal of A' (no token-to-token messages): reproduces the original code, for comparison."""
     detach_adjacency: bool = True
     """Build A_agg without autograd: no gradient back through the frozen attention (into earlier adapters) and
-    no saved head softmaxes (O(B·H·T²) per layer); alpha and tau still learn, sharpening comes after."""
+    no saved head softmaxes (O(B·H·T²) per layer); alpha and tau still learn, sharpening comes after. With it, A'
+    is built block by block and never kept (memory linear in T); False builds A' whole."""
     # --- the GIN: GIN(X, A') = W_out . Dropout(Act(Norm((1+eps) Z + A' Z + b))), Z = W_in . norm(X) ---
     d_gnn: int = 155
     """Width of the messages and of the GIN MLP's hidden layer (paper: 155); sets the parameter budget."""

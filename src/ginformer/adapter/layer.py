@@ -9,6 +9,11 @@ Linear1 = W_in (d -> d_gnn) and Linear2 = W_out (d_gnn -> d). Aggregation is lin
 W_in, at width d_gnn instead of d: the same function for d_gnn/d of the cost. W_in has no bias for that
 to hold exactly; b is added after aggregation instead. The paper's extra residual Linear(X) is left out:
 the decoder's own residual stream already carries X, and a d x d map would dominate the budget.
+
+A'·Z is computed from the attention's q and k a block of query rows at a time (kernels/sparse_gin.py; Triton
+kernels on CUDA), so no (B, T_q, T_k) graph is built or kept for backward. A' is built whole (adjacency.py)
+only where a whole row is needed at once: to show it (capture_adjacency), to keep each row's top_k edges, and
+for detach_adjacency=False, whose gradient into q and k goes through every head's softmax.
 """
 
 from __future__ import annotations
@@ -19,9 +24,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ginformer.gnn import gin_aggregate
+from ginformer.kernels.sparse_gin import GraphInputs, sparse_gin_neighbours
 
-from .adjacency import sparse_adjacency
+from .adjacency import AttentionInputs, head_aggregated_attention, sparse_adjacency
 from .config import SparseGINConfig
 
 
@@ -72,43 +77,68 @@ class SparseGINLayer(nn.Module):
     def forward(
         self,
         x: Tensor,
-        aggregated: Tensor,
-        allowed: Tensor,
+        attention: AttentionInputs,
         extend_z: Callable[[Tensor], Tensor] | None = None,
         external: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor]:
-        """x: (B, T_q, d) hidden states X; aggregated: (B, T_q, T_k) A_agg; allowed: (B|1, T_q, T_k) bool.
+        keep_graph: bool = False,
+    ) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+        """x: (B, T_q, d) hidden states X; `attention`: the query and key heads whose probabilities make A_agg.
 
         `extend_z` prepends the cached Z of the T_k - T_q earlier positions (KV-cache generation) and
-        `external` is an outside graph G (B, T_q, T_k). Returns (delta (B, T_q, d) in x's dtype, A').
+        `external` is an outside graph G (B, T_q, T_k). Returns delta (B, T_q, d) in x's dtype, and with
+        `keep_graph` the dense (A_agg, A') (B, T_q, T_k) it used, for inspection.
         """
         cfg = self.config
-        if external is not None and external.shape != aggregated.shape:
-            raise ValueError(
-                f"graph_adjacency of shape {tuple(external.shape)}: expected (batch, queries, keys) = "
-                f"{tuple(aggregated.shape)} for this layer"
-            )
         z = self.in_proj(self.input_norm(x.to(self.in_proj.weight.dtype)))  # (B, T_q, d_gnn)
         z_all = z if extend_z is None else extend_z(z)  # (B, T_k, d_gnn)
-        if z_all.shape[1] != aggregated.shape[-1]:
+        k_len = attention.key.shape[-2]
+        if z_all.shape[1] != k_len:
             raise RuntimeError(
-                f"Sparse-GIN has features for {z_all.shape[1]} positions but the attention saw {aggregated.shape[-1]} "
-                "keys: the KV cache and the adapter's feature cache are out of step (was the cache filled by a "
-                "model without this adapter?)"
+                f"Sparse-GIN has features for {z_all.shape[1]} positions but the attention saw {k_len} keys: the KV "
+                "cache and the adapter's feature cache are out of step (was the cache filled by a model without "
+                "this adapter?)"
             )
-        adjacency = sparse_adjacency(
-            aggregated,
-            allowed,
-            self.alpha,
-            self.tau,
-            cfg.edge_threshold,
-            top_k=cfg.top_k,
-            self_loops_only=cfg.self_loops_only,
-            external=None if external is None else external.to(aggregated.dtype),
-        )
+        if external is not None and external.shape != (*x.shape[:2], k_len):
+            raise ValueError(
+                f"graph_adjacency of shape {tuple(external.shape)}: expected (batch, queries, keys) = "
+                f"{(*x.shape[:2], k_len)} for this layer"
+            )
+        graph = None
+        if keep_graph or cfg.top_k is not None or not cfg.detach_adjacency:
+            # A' whole: to show it, to pick each row's top k, or to pass gradients on into q and k.
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not cfg.detach_adjacency):
+                aggregated, allowed = head_aggregated_attention(*attention, cfg.aggregation)
+            adjacency = sparse_adjacency(
+                aggregated,
+                allowed,
+                self.alpha,
+                self.tau,
+                cfg.edge_threshold,
+                top_k=cfg.top_k,
+                self_loops_only=cfg.self_loops_only,
+                external=None if external is None else external.to(aggregated.dtype),
+            )
+            neighbours = adjacency.to(z_all.dtype) @ z_all  # (B, T_q, d_gnn)
+            graph = (aggregated, adjacency) if keep_graph else None
+        else:
+            graph_inputs = GraphInputs(
+                *attention,
+                alpha=self.alpha,
+                tau=self.tau,
+                threshold=cfg.edge_threshold,
+                aggregation=cfg.aggregation,
+                self_loops_only=cfg.self_loops_only,
+                external=external,
+            )
+            neighbours = sparse_gin_neighbours(graph_inputs, z_all)  # A'·Z_all, block by block
         # M = s·Z + A'·Z_all with s = 1 + ε (GIN) or ε (the original code)
-        messages = gin_aggregate(z, z_all, adjacency.to(z_all.dtype), self.self_weight) + self.bias
+        messages = self.self_weight * z + neighbours + self.bias
         hidden = self.dropout(self.act(self.norm(messages)))  # (B, T_q, d_gnn)
-        # λ scales W_out rather than its output: the same delta and gradients, without saving a (B, T_q, d) tensor
-        delta = F.linear(hidden, self.scale * self.out_proj.weight, self.scale * self.out_proj.bias)
-        return delta.to(x.dtype), adjacency
+        # λ scales whichever is smaller, W_out (d, d_gnn) or its output (B, T_q, d): the same delta and gradients.
+        # In training W_out is smaller and autograd saves no (B, T_q, d) tensor for λ's gradient; while decoding
+        # one token the output is smaller, and no fresh copy of W_out is written per layer and token.
+        if hidden.shape[:-1].numel() > cfg.d_gnn:
+            delta = F.linear(hidden, self.scale * self.out_proj.weight, self.scale * self.out_proj.bias)
+        else:
+            delta = self.scale * self.out_proj(hidden)
+        return delta.to(x.dtype), graph

@@ -2,8 +2,9 @@
 
 How it plugs in, without copying any model code:
 - the base model's attention implementation becomes "sparse_gin_sdpa" / "sparse_gin_eager", registered
-  in transformers' AttentionInterface: it runs the original sdpa or eager attention unchanged, then
-  aggregates the same query/key heads into A_agg (adjacency.head_aggregated_attention);
+  in transformers' AttentionInterface: it runs the original sdpa or eager attention unchanged and hands
+  its query and key heads, mask and scaling to the layer's branch (`AttentionInputs`), which builds A' from
+  them block by block (kernels/sparse_gin.py) or, for inspection, whole (adjacency.py);
 - forward hooks on each decoder layer and its `self_attn` read the layer input h and the attention output
   and add λ·GIN(X, A') where the placement asks;
 - under a KV cache the GIN features Z of past positions live in the same DynamicCache, as extra cache
@@ -25,14 +26,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from transformers import AttentionInterface, PreTrainedModel
 from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
 from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from .adjacency import head_aggregated_attention
+from .adjacency import AttentionInputs
 from .config import SparseGINConfig
 from .hub import (
     ADAPTER_TYPE,
@@ -70,10 +71,7 @@ def _attention_function(inner: str):
         tap = getattr(module, _TAP, None)
         if tap is not None and tap.shared.enabled:
             scale = query.shape[-1] ** -0.5 if scaling is None else scaling
-            with torch.set_grad_enabled(torch.is_grad_enabled() and not tap.adapter.config.detach_adjacency):
-                tap.aggregated, tap.allowed = head_aggregated_attention(
-                    query, key, attention_mask, scale, tap.adapter.config.aggregation
-                )
+            tap.attention = AttentionInputs(query, key, attention_mask, scale)
         return output, weights
 
     return attention
@@ -110,20 +108,20 @@ class _SparseGINTap:
     shared: _Shared
     hidden: Tensor | None = None
     cache: Any = None
-    aggregated: Tensor | None = None
-    allowed: Tensor | None = None
+    attention: AttentionInputs | None = None
     delta: Tensor | None = None
 
     def branch(self, x: Tensor) -> Tensor:
-        if self.aggregated is None:
+        if self.attention is None:
             raise RuntimeError(f"layer {self.index}: its attention did not run through the Sparse-GIN attention")
         extend = None
         if self.cache is not None:
             extend = partial(_extend_features, self.cache, self.index, self.shared.num_layers)
-        delta, adjacency = self.adapter(x, self.aggregated, self.allowed, extend, self.shared.graph_adjacency)
-        if self.shared.captured is not None:
-            self.shared.captured.append(LayerGraph(self.index, self.aggregated.detach(), adjacency.detach()))
-        self.aggregated = self.allowed = None
+        captured = self.shared.captured
+        delta, graph = self.adapter(x, self.attention, extend, self.shared.graph_adjacency, captured is not None)
+        if captured is not None:
+            captured.append(LayerGraph(self.index, *(tensor.detach() for tensor in graph)))
+        self.attention = None
         return delta
 
 
