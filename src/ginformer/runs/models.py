@@ -78,6 +78,7 @@ class ScratchModelSettings:
     pna_blend_init: float = 0.5
     learn_pna_blend: bool = True
     pna_mlp_multiplier: float = 1.0
+    pna_compile: bool = True  # PNA's aggregation through torch.compile (faster from 64 queries on); false: eager
     # Sizing (sizing.py): compare attention kinds at an equal parameter count, as the paper does.
     target_params: int | None = None  # pick hidden_size so the model has about this many parameters
     scale_intermediate: bool = False  # sizing keeps the feed-forward width (the paper's best variant)
