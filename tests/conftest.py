@@ -6,17 +6,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-# The naive reference implementations in tests/ are imported by the tests as a plain module.
-sys.path.insert(0, str(Path(__file__).parent))
-
-# Without a GPU, Triton kernels run in Triton's interpreter, which is chosen when triton is first imported.
+# Without a GPU, Triton kernels run in Triton's interpreter, which is chosen when triton is first imported:
+# before transformers, whose import brings triton in.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast  # noqa: E402
+
 from ginformer.data.instruct import PAPER_END  # noqa: E402
+
+# The naive reference implementations in tests/ are imported by the tests as a plain module.
+sys.path.insert(0, str(Path(__file__).parent))
 
 LAYERS = 2  # of the tiny base model
 # A ChatML-like chat template for the tiny base, its end-of-turn marker the tokenizer's end token.

@@ -145,8 +145,8 @@ def sharpening_backward(
     The hard threshold passes no gradient, and A'(1 − A') = S(1 − S) on kept edges, 0 elsewhere.
     """
     grad_logit = grad_adjacency * adjacency * (1 - adjacency)  # dL/d(α (min(1, R) − τ))
-    grad_alpha = (grad_logit * (raw.clamp(max=1.0) - tau)).sum()
-    grad_tau = -alpha * grad_logit.sum()
+    grad_alpha = (grad_logit * (raw.clamp(max=1.0) - tau)).sum().reshape(alpha.shape)  # α, τ may be 0-d or (1,)
+    grad_tau = (-alpha * grad_logit.sum()).reshape(tau.shape)
     return grad_alpha, grad_tau, alpha * grad_logit * (raw <= 1.0)
 
 

@@ -308,8 +308,8 @@ class _TritonNeighbours(torch.autograd.Function):
             NEED_PARAMS=need_alpha or need_tau or need_external, NEED_EXTERNAL=need_external, **constants,
             **_tile_constants(graph, z.shape[-1]),
         )
-        grad_alpha = partials[:, 0].sum().to(alpha.dtype) if need_alpha else None
-        grad_tau = (-alpha * partials[:, 1].sum()).to(tau.dtype) if need_tau else None
+        grad_alpha = partials[:, 0].sum().to(alpha.dtype).reshape(alpha.shape) if need_alpha else None
+        grad_tau = (-alpha * partials[:, 1].sum()).to(tau.dtype).reshape(tau.shape) if need_tau else None
         return grad_z if need_z else None, grad_alpha, grad_tau, grad_external, None, None, None, None
 
 
