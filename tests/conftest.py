@@ -16,6 +16,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # 
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast  # noqa: E402
 
 from ginformer.data.instruct import PAPER_END  # noqa: E402
+from ginformer.data.reasoning import load_folio, load_gsm8k  # noqa: E402
 
 # The naive reference implementations in tests/ are imported by the tests as a plain module.
 sys.path.insert(0, str(Path(__file__).parent))
@@ -80,3 +81,15 @@ def base_dir(tmp_path_factory, task_files):
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def gsm8k():
+    """The bundled GSM8K rows, read once."""
+    return load_gsm8k()
+
+
+@pytest.fixture(scope="session")
+def folio():
+    """The bundled FOLIO rows, read once."""
+    return load_folio()

@@ -24,7 +24,6 @@ from ginformer.data.instruct import (
     tokenize_example,
     truncate_left,
 )
-from ginformer.data.reasoning import load_folio, load_gsm8k
 from ginformer.pretrained import load_base_tokenizer
 from ginformer.tasks.instruct import GSM8KTask, InstructSettings, InstructTask
 
@@ -35,16 +34,6 @@ MULTI_TURN = [
     {"role": "user", "content": "And times 3?"},
     {"role": "assistant", "content": "12, since 4 × 3 = 12."},
 ]
-
-
-@pytest.fixture(scope="module")
-def gsm8k():
-    return load_gsm8k()
-
-
-@pytest.fixture(scope="module")
-def folio():
-    return load_folio()
 
 
 @pytest.fixture(scope="module")

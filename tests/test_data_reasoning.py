@@ -23,16 +23,6 @@ from ginformer.data.reasoning import (
 from ginformer.data.rows import bundled_path
 
 
-@pytest.fixture(scope="module")
-def gsm8k():
-    return load_gsm8k()
-
-
-@pytest.fixture(scope="module")
-def folio():
-    return load_folio()
-
-
 def _raw_rows(path):
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
