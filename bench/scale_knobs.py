@@ -24,7 +24,7 @@ import tempfile
 import time
 
 import torch
-from common import MIB, add_common_args, machine, measure_isolated, peak_memory, print_table, save_results, setup
+from common import MIB, machine, measure_isolated, peak_memory, print_table, save_results
 
 from ginformer.adapter import SparseGINConfig, get_sparse_gin_model
 from ginformer.pretrained import load_base_model, smollm2_gguf_path
@@ -89,14 +89,16 @@ def gradient_agreement(grads: dict[str, torch.Tensor], reference: dict[str, torc
 
 
 def main() -> None:
-    parser = add_common_args(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]))
+    # CPU only, and the dtypes and seed are the variants' own: none of bench/common.py's --device/--dtype/--seed.
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--length", type=int, default=1024, help="tokens per step (batch 1)")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads of each variant's process")
+    parser.add_argument("--out", default=os.environ.get("OUT"), help="folder for a JSON copy of the results")
     args = parser.parse_args()
-    setup(args)
-    if args.device != "cpu":
-        raise ValueError("this benchmark measures on CPU (--device cpu); on a GPU use torch.cuda memory stats")
+    if args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
     smollm2_gguf_path()  # fail here, not in a subprocess, when the bundled model is missing
-    threads = args.threads or 1
+    threads = args.threads
     results, grads = {}, {}
     with tempfile.TemporaryDirectory() as scratch:
         for variant in VARIANTS:

@@ -78,6 +78,10 @@ def test_auto_class_loads_the_base_the_adapter_names(tmp_path):
     assert {p.dtype for p in bf16.adapters.parameters()} == {torch.float32}
     assert all(p.requires_grad for p in bf16.adapters.parameters())
 
+    trained(tiny_base()).save_pretrained(tmp_path / "unnamed")  # a base built in memory has no name to load by
+    with pytest.raises(ValueError, match="does not say which base it was trained on"):
+        AutoSparseGINModelForCausalLM.from_pretrained(tmp_path / "unnamed")
+
 
 def test_files_that_are_not_an_adapter_are_named(tmp_path):
     (tmp_path / "adapter_config.json").write_text(json.dumps({"adapter_type": "lora"}))

@@ -106,6 +106,8 @@ def test_overrides_leave_the_input_untouched_and_merge_nested_keys():
 def test_malformed_override_is_rejected(text):
     with pytest.raises(ConfigError, match="section.key=value"):
         apply_overrides({}, [text])
+    with pytest.raises(ConfigError, match="section.key=value"):  # after a nested one, as the first
+        apply_overrides({}, ["model.sparse_gin.d_gnn=64", text])
 
 
 def test_overrides_apply_in_order_over_the_file(tmp_path):

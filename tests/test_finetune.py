@@ -20,7 +20,14 @@ from ginformer.adapter.lora import lora_target_modules, lora_trainable_count
 from ginformer.cli import main
 from ginformer.data.instruct import PAPER_END, conversation, encode_generation_prompt
 from ginformer.data.reasoning import load_gsm8k
-from ginformer.runs.compare import _mean_history, compare_settings_from_dict, run_comparison, run_summary
+from ginformer.runs.compare import (
+    BASELINE,
+    _mean_history,
+    compare_settings_from_dict,
+    pending_runs,
+    run_comparison,
+    run_summary,
+)
 from ginformer.runs.config import load_run_settings
 from ginformer.runs.evaluate import evaluate_run
 from ginformer.runs.generate import generate_batched
@@ -422,6 +429,11 @@ def test_compare_trains_evaluates_and_writes_summary_and_figures(tmp_path, base_
     rows = (root / "runs.csv").read_text().splitlines()
     assert len(rows) == 1 + 2 + 1  # header, two runs, the frozen base
     assert run_comparison(compare_settings_from_dict(raw)) == root  # finished runs are reused
+    base_metrics = root / BASELINE / "metrics.jsonl"  # a frozen base cut off before its evaluation is redone
+    base_metrics.write_text(base_metrics.read_text().splitlines()[0] + "\n")
+    assert pending_runs(compare_settings_from_dict(raw)) == [BASELINE]
+    with pytest.raises(ConfigError, match="--overwrite deletes the whole comparison"):
+        run_comparison(compare_settings_from_dict(raw), overwrite=True, only=[BASELINE])
     raw["variants"]["sparse_gin"] = {"sparse_gin": {"alpha": 3.0}}
     with pytest.raises(FileExistsError, match=r"other settings \(model.sparse_gin\)"):
         run_comparison(compare_settings_from_dict(raw))  # never reused with other settings

@@ -27,5 +27,7 @@ def test_the_dry_run_writes_one_archive_per_part(tmp_path):
         metrics = [n for n in names if n.endswith("metrics.jsonl")]
         assert len(metrics) == (3 if part == "protein" else 2)
         assert not any("checkpoint-" in n or n.endswith(".safetensors") for n in names)  # no weights
+        assert f"logs/{part}/{'reference' if part == 'protein' else 'gin'}_seed0.log" in names
     with tarfile.open(out / "bench.tar.gz") as archive:
         assert "bench/attention_step.txt" in archive.getnames()
+    assert len(list(out.iterdir())) <= 8  # what the device tool brings back from $OUT

@@ -125,5 +125,6 @@ def test_cli_evaluates_runs_on_gsm8k_rows_and_names_bad_tasks(tmp_path, base_dir
         assert saved["n-samples"]["gsm8k_bundled"]["effective"] == 2
     assert main(["evaluate", "--run", str(run_dir), "--lm-eval", "no_such_task"]) == 2
     assert "unknown lm-eval task(s) ['no_such_task']" in capsys.readouterr().err
-    assert main(["evaluate", "--run", str(run_dir), "--num-fewshot", "2"]) == 2
-    assert "--num-fewshot applies to --lm-eval" in capsys.readouterr().err
+    for shots in ("2", "0"):  # zero shots is a value too, not an absent flag
+        assert main(["evaluate", "--run", str(run_dir), "--num-fewshot", shots]) == 2
+        assert "--num-fewshot applies to --lm-eval" in capsys.readouterr().err

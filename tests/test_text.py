@@ -2,6 +2,7 @@
 Sparse-GIN adapter on a pretrained model; bits per character beside the unigram baseline; the block size checked
 against the model's positions; `ginformer generate`; a comparison of attention kinds on text."""
 
+import io
 import json
 import math
 
@@ -160,6 +161,18 @@ def test_generate_streams_greedy_and_seeded_samples(char_run, capsys):
     assert sampled[0] == sampled[1]  # the seed fixes the sample
     assert main(["generate", "--run", str(char_run), "--prompt", "x", "--temperature", "0"]) == 2
     assert "temperature must be > 0" in capsys.readouterr().err
+    assert main(["generate", "--run", str(char_run), "--prompt", "x", "--batch-size", "4"]) == 2
+    assert "--batch-size applies to --prompts only" in capsys.readouterr().err
+
+
+def test_generate_refuses_conversations_on_a_text_run(char_run, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("sys.stdin", io.StringIO("hello\n"))
+    assert main(["generate", "--run", str(char_run), "--chat"]) == 2
+    assert "conversations ({role, content} messages, --chat) need an instruction run" in capsys.readouterr().err
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
+    assert main(["generate", "--run", str(char_run), "--prompts", str(prompts)]) == 2
+    assert "need an instruction run" in capsys.readouterr().err
 
 
 def test_sparse_gin_on_a_pretrained_model_learns_more_text(tmp_path, corpus, base_dir):

@@ -81,8 +81,8 @@ def _evaluate(args: argparse.Namespace) -> None:
 
     if args.lm_eval:
         return _evaluate_lm_eval(args)
-    for flag, value in (("--num-fewshot", args.num_fewshot), ("--lm-eval-tasks", args.lm_eval_tasks)):
-        if value:
+    for flag, value in (("--num-fewshot", args.num_fewshot), ("--lm-eval-tasks", args.lm_eval_tasks or None)):
+        if value is not None:
             raise ValueError(f"{flag} applies to --lm-eval only")
     result = evaluate_run(
         args.run_dir, args.data, limit=args.limit, generate=args.generate, max_new_tokens=args.max_new_tokens,
@@ -164,12 +164,16 @@ def _generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=int, help="sample from the k most likely tokens only")
     parser.add_argument("--top-p", type=float, help="sample from the smallest set of tokens with probability p")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the sampling (default 0)")
-    parser.add_argument("--batch-size", type=int, default=8, help="prompts generated together with --prompts")
+    parser.add_argument("--batch-size", type=int, help="prompts generated together with --prompts (default 8)")
 
 
 def _generate(args: argparse.Namespace) -> None:
     from ginformer.runs.generate import RunGenerator, Sampling
 
+    if args.prompts is None:
+        for flag, value in (("--output", args.output), ("--batch-size", args.batch_size)):
+            if value is not None:
+                raise ValueError(f"{flag} applies to --prompts only")
     sampled = any(value is not None for value in (args.temperature, args.top_k, args.top_p))
     temperature = 1.0 if args.temperature is None else args.temperature
     options = {"max_new_tokens": args.max_new_tokens, "seed": args.seed,
@@ -181,7 +185,7 @@ def _generate(args: argparse.Namespace) -> None:
         generator.chat(_user_lines(), **options)
     else:
         output = args.output or args.prompts.with_suffix(".out.jsonl")
-        count = generator.complete_file(args.prompts, output, batch_size=args.batch_size, **options)
+        count = generator.complete_file(args.prompts, output, batch_size=args.batch_size or 8, **options)
         print(f"{count} completions written to {output}")
 
 

@@ -70,21 +70,24 @@ PY
     ) || { say "$name: the config does not load"; return 1; }
     say "$name: ${runs:-nothing to train}"
     local pids=()
+    # Each run's log lies in the part's archive: $OUT brings back 8 files at most.
+    mkdir -p "$RUNS/logs/$name"
     for run in $runs; do
         timeout "$limit" $PY -m ginformer.cli compare --config "$config" "${sets[@]}" --only "$run" \
-            >> "$OUT/$name.$(echo "$run" | tr / _).log" 2>&1 &
+            >> "$RUNS/logs/$name/$(echo "$run" | tr / _).log" 2>&1 &
         pids+=($!)
     done
-    for pid in "${pids[@]}"; do wait "$pid" || say "$name: a run stopped (see $OUT/$name.*.log)"; done
+    for pid in "${pids[@]}"; do wait "$pid" || say "$name: a run stopped (its log is in $name.tar.gz)"; done
     timeout 120 $PY -m ginformer.cli compare --config "$config" "${sets[@]}" >> "$LOG" 2>&1 \
         || say "$name: no summary (a run is missing)"
 }
 
-# What a part's archive keeps: summaries, figures, and every run's config, metrics and evaluations.
+# What a part's archive keeps: summaries, figures, every run's config, metrics, evaluations and log.
 archive() {
     local name=$1 dir=$2
-    (cd "$RUNS" && find "$dir" \( -name '*.md' -o -name '*.csv' -o -name '*.png' -o -name '*.svg' -o -name '*.yaml' \
-        -o -name 'metrics.jsonl' -o -name 'eval_*.json' -o -name 'eval_*.jsonl' -o -name '*.txt' -o -name '*.json' \) \
+    mkdir -p "$RUNS/logs/$name"
+    (cd "$RUNS" && find "$dir" "logs/$name" \( -name '*.md' -o -name '*.csv' -o -name '*.png' -o -name '*.svg' -o -name '*.yaml' \
+        -o -name 'metrics.jsonl' -o -name 'eval_*.json' -o -name 'eval_*.jsonl' -o -name '*.txt' -o -name '*.json' -o -name '*.log' \) \
         -not -path '*/checkpoint-*' -not -path '*/model/*' -not -path '*/adapter/*' -print0 2>/dev/null \
         | tar czf "$OUT/$name.tar.gz" --null -T - 2>> "$LOG") && say "$name: archived $OUT/$name.tar.gz"
 }

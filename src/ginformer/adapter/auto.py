@@ -36,8 +36,10 @@ class AutoSparseGINModelForCausalLM:
         `base_model_name_or_path` names another copy of it (a directory moved since, say)."""
         directory = resolve_adapter_dir(path_or_hub_id, revision, cache_dir, local_files_only)
         payload, _ = read_adapter(directory)
-        base_name = base_model_name_or_path or payload.get("base_model_name_or_path")
-        if base_name is None:
-            base_name = payload["base_model"]["name_or_path"]
+        base_name = (base_model_name_or_path or payload.get("base_model_name_or_path")
+                     or payload.get("base_model", {}).get("name_or_path"))
+        if not base_name:
+            raise ValueError(f"{directory}: the adapter does not say which base it was trained on; pass "
+                             "base_model_name_or_path")
         base = load_base_causal_lm(base_name, dtype=dtype)
         return SparseGINModel.from_pretrained(base, directory, is_trainable=is_trainable)

@@ -25,8 +25,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor, nn
 from transformers import AttentionInterface, PreTrainedModel
 from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
@@ -201,7 +200,8 @@ def base_fingerprint(model: PreTrainedModel) -> dict[str, Any]:
 
 
 def is_adapter_key(key: str, value: Any = None) -> bool:
-    """litgpt-style filter on SparseGINModel state-dict keys: True for what is trained and saved."""
+    """litgpt-style filter on SparseGINModel state-dict keys: True for what is trained and saved. `value` is
+    unused; it keeps litgpt's `adapter_filter(key, value)` signature, so the function can be passed where that is."""
     return key.startswith(ADAPTER_PREFIX)
 
 

@@ -98,14 +98,14 @@ def conversation(prompt: str, answer: str, system: str | None = None, **fields) 
 @dataclass(frozen=True)
 class InstructData:
     examples: list[InstructExample]
-    format: str  # the format the rows were read in
+    format: Format  # the format the rows were read in
     conversational: bool  # messages, or prompt/completion as lists of messages: the chat template suits them
 
 
 def load_instruct(
     source: str | Path,
     *,
-    format: Literal["auto", "text", "prompt_completion", "messages"] = "auto",
+    format: Format | Literal["auto"] = "auto",
     columns: Mapping[str, str] | None = None,
     on_bad_row: OnBadRow = "skip",
     hub_config: str | None = None,
@@ -153,7 +153,7 @@ def _rename(row: dict | str, names: Mapping[str, str]) -> dict | str:
     return {theirs.get(key, key): value for key, value in row.items()}
 
 
-def _detect_format(rows: list[tuple[str, dict | str]], name: str, names: Mapping[str, str]) -> str:
+def _detect_format(rows: list[tuple[str, dict | str]], name: str, names: Mapping[str, str]) -> Format:
     """The format whose columns the rows have. Rows with another format's columns are an error naming them; a
     row with none is left to the parser, which names its missing field."""
     seen: dict[str, str] = {}  # format -> the first row in it

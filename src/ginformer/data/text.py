@@ -1,4 +1,4 @@
-"""Text corpora for training from scratch: read any corpus, split it, tokenize it, pack it into blocks.
+"""Text corpora for language modelling, from scratch or on a pretrained base: read any corpus, split it, tokenize it, pack it into blocks.
 
 Pipeline::
 

@@ -51,8 +51,8 @@ class GraphInputs:
     key: Tensor  # (B, H_kv, T_k, D)
     mask: Tensor | None  # (B, 1, T_q, T_k): bool (True = attend) or additive float, as transformers passes it
     scaling: float
-    alpha: Tensor  # 0-dim
-    tau: Tensor  # 0-dim
+    alpha: Tensor  # one element: 0-dim, or (1,) as the adapter keeps it for FSDP
+    tau: Tensor  # one element, as alpha
     threshold: float  # ε
     aggregation: str = "sum"
     self_loops_only: bool = False

@@ -10,8 +10,10 @@ kernels/sparse_gin.py. As in flash attention, nothing of size T_q × T_k is ever
     _backward_kernel  grid (key blocks, B): the same A' tiles recomputed for every query block that sees the
                       keys; dZ_block = Σ A'ᵀ·dN over them, and, when α, τ or G learn, dL/dA' = dN·Z_blockᵀ
                       through the sigmoid: per-program partial sums for α and τ, dG written tile by tile.
-q and k are read in their own dtype (bf16/fp16 products are exact in the fp32 accumulator); fp32 operands use
-IEEE fp32 products, not TF32, so that the kernels agree with the torch path to float32 tolerance.
+q and k are read in their own dtype (bf16/fp16 products are exact in the fp32 accumulator). The precision of every
+product follows q's dtype: with an fp32 base, IEEE fp32, not TF32, so that the kernels agree with the torch path to
+float32 tolerance; with a bf16/fp16 base, whose attention is already that coarse, the fp32 products A'·Z, A'ᵀ·dN
+and dN·Zᵀ run in TF32.
 """
 
 from __future__ import annotations

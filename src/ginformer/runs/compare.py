@@ -258,6 +258,9 @@ def run_comparison(settings: CompareSettings, overwrite: bool = False, only: Seq
     root = settings.root
     if settings.side == "scratch":
         variant_parameters(settings)  # fail on a variant that cannot be sized before anything trains
+    if overwrite and only:
+        raise ConfigError("--overwrite deletes the whole comparison, which other --only processes may be writing: "
+                          "delete the runs to redo by hand, or drop --only")
     if overwrite and root.exists():
         shutil.rmtree(root)
     plan = planned_runs(settings)
@@ -304,9 +307,12 @@ def _name(variant: str, seed: int | None) -> str:
 
 
 def _finished(run: RunSettings) -> bool:
-    side = run.side
-    done = run.run_dir / (side.final_dir if side.trains(run.model) else METRICS_FILE)
-    return done.exists()
+    """A trained run is finished once its final weights are saved; the frozen base, once it has been evaluated
+    (its metrics.jsonl starts before the evaluation, which an interruption can cut off)."""
+    if run.side.trains(run.model):
+        return (run.run_dir / run.side.final_dir).exists()
+    return (run.run_dir / METRICS_FILE).is_file() and any(
+        event.get("event") == "eval" for event in read_metrics(run.run_dir))
 
 
 def refuse_changed_run(run_dir: Path, wanted: dict[str, dict[str, Any]]) -> None:
@@ -356,6 +362,7 @@ METRICS: tuple[tuple[str, str, str], ...] = (
     ("min_val_perplexity", "min val ppl", ".3f"),
     ("final_val_perplexity", "final val ppl", ".3f"),
     ("min_train_loss", "min train loss", ".4f"),
+    ("final_train_loss", "final train loss", ".4f"),
     ("gap", "gap (val − train)", ".4f"),
     ("ratio", "train/val", ".3f"),
 )

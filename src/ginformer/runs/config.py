@@ -182,12 +182,12 @@ def apply_overrides(raw: Mapping[str, Any] | None, overrides: Sequence[str], dep
         except yaml.YAMLError as err:
             raise ConfigError(f"--set {path}: cannot parse value {value!r} as YAML ({err.problem})") from None
         node = merged
-        for depth, key in enumerate(keys[:-1]):
+        for level, key in enumerate(keys[:-1]):
             child = node.get(key)
             if child is None:
                 child = node[key] = {}
             if not isinstance(child, dict):
-                raise ConfigError(f"--set {path}: '{'.'.join(keys[: depth + 1])}' holds {child!r}, not a mapping")
+                raise ConfigError(f"--set {path}: '{'.'.join(keys[: level + 1])}' holds {child!r}, not a mapping")
             node = child
         node[keys[-1]] = parsed
     return merged

@@ -159,6 +159,9 @@ class RunGenerator:
 
     def encode(self, prompt: str | Sequence[Mapping[str, str]]) -> list[int]:
         """A text, or a conversation so far as {role, content} messages (instruction runs)."""
+        if not isinstance(prompt, str) and not self.task.conversational:
+            raise ValueError(f"a {self.task.name} run continues text: conversations ({{role, content}} messages, "
+                             "--chat) need an instruction run")
         ids = self.task.prompt_ids(prompt, self.tokenizer)
         if not ids:
             raise ValueError("the prompt is empty: give at least one character to continue")

@@ -9,7 +9,7 @@ evaluating the loss, comparing variants over seeds, generating) is the run layer
     tokenizer = task.tokenizer(base_tokenizer)          # None when the model is trained from scratch
     splits = task.datasets(tokenizer)                   # what Trainer trains and validates on
     held_out = task.held_out(tokenizer, data, limit)    # what `ginformer evaluate` scores
-    scores = task.score(model, tokenizer, held_out, options, losses)
+    scores = task.score(model, tokenizer, held_out, generation, losses)
 
 Adding a task is one module with a `Task` subclass and its settings dataclass, registered in `tasks/__init__.py`.
 """
@@ -94,6 +94,8 @@ class Task(ABC):
     columns: ClassVar[tuple[Column, ...]] = ()
     # `evaluate` options the task reads, among "generate" and "max_new_tokens"; others are refused.
     evaluate_options: ClassVar[frozenset[str]] = frozenset()
+    # Whether `prompt_ids` takes a conversation ({role, content} messages) as well as a text: `generate --chat`.
+    conversational: ClassVar[bool] = False
 
     def __init__(self, settings: Any):
         self.settings = settings

@@ -94,6 +94,7 @@ class InstructTask(Task):
     settings_class = InstructSettings
     model_sides = frozenset({"pretrained"})  # a from-scratch model would first have to learn the language
     evaluate_options = frozenset({"generate", "max_new_tokens"})
+    conversational: ClassVar[bool] = True
     default_max_new_tokens: ClassVar[int] = 256  # when `evaluate` is not told
     default_generations: ClassVar[int | None] = 5  # rows generated for a look; None: all (scored presets)
     settings: InstructSettings
