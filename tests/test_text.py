@@ -168,7 +168,7 @@ def test_generate_streams_greedy_and_seeded_samples(char_run, capsys):
 def test_generate_refuses_conversations_on_a_text_run(char_run, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("sys.stdin", io.StringIO("hello\n"))
     assert main(["generate", "--run", str(char_run), "--chat"]) == 2
-    assert "conversations ({role, content} messages, --chat) need an instruction run" in capsys.readouterr().err
+    assert "--chat needs an instruction run; a text run continues text" in capsys.readouterr().err
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
     assert main(["generate", "--run", str(char_run), "--prompts", str(prompts)]) == 2

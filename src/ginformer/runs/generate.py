@@ -205,6 +205,8 @@ class RunGenerator:
         """A conversation: each line is the user's next turn, the model answers (streamed) with the whole history
         in the run's template. "/reset" forgets the history; "/exit" or the end of input ends. Returns the
         conversation as messages."""
+        if not self.task.conversational:  # before the user types a turn
+            raise ValueError(f"--chat needs an instruction run; a {self.task.name} run continues text (--prompt)")
         torch.manual_seed(seed)
         messages: list[dict[str, str]] = []
         show("chat with the model: /reset forgets the conversation, /exit or Ctrl-D ends it")
