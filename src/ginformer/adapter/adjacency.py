@@ -4,11 +4,13 @@ Notation: a layer's queries are the LAST T_q of its T_k key positions (T_q < T_k
 query row i sits at absolute position i + (T_k - T_q). Entry [b, i, j] of every adjacency here is the
 weight of the edge j -> i: the message that token j sends to token i, allowed only for j <= i (causal).
 
-    A_h     = softmax(q_h k_hᵀ · scaling + mask)                 per head h           (B, T_q, T_k)
+    A_h     = softmax(cap(q_h k_hᵀ · scaling) + mask ‖ sink_h)   per head h           (B, T_q, T_k)
     A_agg   = min(1, Σ_h A_h)  |  mean_h A_h  |  max_h A_h       head aggregation     (B, T_q, T_k)
     A'      = sigmoid(α (min(1, A_agg + G) − τ)), 0 where ≤ ε    sharpen + sparsify   (B, T_q, T_k)
 
-G is an optional external graph (zero when absent). No function here ever holds B x H x T_q x T_k.
+cap is the host's logit soft-capping and sink_h its per-head sink logit, where it has them (see
+kernels/sparse_gin.py). G is an optional external graph (zero when absent). No function here ever holds
+B x H x T_q x T_k.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 from torch import Tensor
 
 from ginformer.graph import allowed_edges
+from ginformer.kernels.sparse_gin import head_probabilities, soft_capped
 
 
 class AttentionInputs(NamedTuple):
@@ -28,6 +31,8 @@ class AttentionInputs(NamedTuple):
     key: Tensor  # (B, H_kv, T_k, D), cached keys included
     mask: Tensor | None  # None (causal) or (B, 1, T_q, T_k): bool (True = attend) or additive float
     scaling: float
+    softcap: float | None = None  # logit soft-capping, for hosts that cap their scores (Gemma 2)
+    sinks: Tensor | None = None  # (H,) per-head sink logits, for hosts with attention sinks (gpt-oss)
 
 
 def self_edges(q_len: int, k_len: int, device: torch.device | None = None) -> Tensor:
@@ -37,12 +42,18 @@ def self_edges(q_len: int, k_len: int, device: torch.device | None = None) -> Te
 
 
 def head_aggregated_attention(
-    query: Tensor, key: Tensor, attention_mask: Tensor | None, scaling: float, aggregation: str = "sum"
+    query: Tensor,
+    key: Tensor,
+    attention_mask: Tensor | None,
+    scaling: float,
+    aggregation: str = "sum",
+    softcap: float | None = None,
+    sinks: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Aggregate a layer's per-head attention probabilities into one adjacency, head group by head group.
 
     A_agg = min(1, Σ_h A_h) ("sum"),  (1/H) Σ_h A_h ("mean"),  max_h A_h ("max"),  0 on forbidden edges,
-    with A_h = softmax_j(q_h,i · k_g(h),j · scaling + mask_ij) and g(h) = h // (H / H_kv) the key head
+    with A_h = softmax_j(cap(q_h,i · k_g(h),j · scaling) + mask_ij ‖ sink_h) and g(h) = h // (H / H_kv) the key head
     that query head h shares under grouped-query attention (what `repeat_kv` does, without copying).
 
     Query rows are processed in chunks of ceil(T_q / H) so the largest temporary, the scores of one
@@ -72,8 +83,9 @@ def head_aggregated_attention(
     for start in range(0, q_len, rows):
         stop = min(start + rows, q_len)
         visible = stop + k_len - q_len  # keys 0 .. visible-1: up to the chunk's last query position
-        scores = q[:, :, :, start:stop] @ k_t[..., :visible] * scaling + bias[:, None, None, start:stop, :visible]
-        probs = scores.softmax(dim=-1).flatten(1, 2)  # (B, H, c, visible)
+        scores = soft_capped(q[:, :, :, start:stop] @ k_t[..., :visible] * scaling, softcap)
+        scores = (scores + bias[:, None, None, start:stop, :visible]).flatten(1, 2)  # (B, H, c, visible)
+        probs = head_probabilities(scores, sinks)
         if aggregation == "sum":
             chunk = probs.sum(dim=1).clamp(max=1.0)
         elif aggregation == "mean":

@@ -107,7 +107,10 @@ class SparseGINLayer(nn.Module):
         if keep_graph or cfg.top_k is not None or not cfg.detach_adjacency:
             # A' whole: to show it, to pick each row's top k, or to pass gradients on into q and k.
             with torch.set_grad_enabled(torch.is_grad_enabled() and not cfg.detach_adjacency):
-                aggregated, allowed = head_aggregated_attention(*attention, cfg.aggregation)
+                aggregated, allowed = head_aggregated_attention(
+                    attention.query, attention.key, attention.mask, attention.scaling, cfg.aggregation,
+                    softcap=attention.softcap, sinks=attention.sinks,
+                )
             adjacency = sparse_adjacency(
                 aggregated,
                 allowed,
@@ -122,7 +125,12 @@ class SparseGINLayer(nn.Module):
             graph = (aggregated, adjacency) if keep_graph else None
         else:
             graph_inputs = GraphInputs(
-                *attention,
+                attention.query,
+                attention.key,
+                attention.mask,
+                attention.scaling,
+                softcap=attention.softcap,
+                sinks=attention.sinks,
                 alpha=self.alpha,
                 tau=self.tau,
                 threshold=cfg.edge_threshold,

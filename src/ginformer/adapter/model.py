@@ -1,15 +1,18 @@
-"""SparseGINModel: a frozen pretrained decoder plus one SparseGINLayer per decoder layer, peft-style.
+"""SparseGINModel: a frozen pretrained decoder plus one SparseGINLayer per adapted decoder layer, peft-style.
 
 How it plugs in, without copying any model code:
 - the base model's attention implementation becomes "sparse_gin_sdpa" / "sparse_gin_eager", registered
-  in transformers' AttentionInterface: it runs the original sdpa or eager attention unchanged and hands
-  its query and key heads, mask and scaling to the layer's branch (`AttentionInputs`), which builds A' from
-  them block by block (kernels/sparse_gin.py) or, for inspection, whole (adjacency.py);
-- forward hooks on each decoder layer and its `self_attn` read the layer input h and the attention output
-  and add λ·GIN(X, A') where the placement asks;
-- under a KV cache the GIN features Z of past positions live in the same DynamicCache, as extra cache
-  layers (index num_layers + k), so beam reordering and cropping treat them like the keys.
-Per-model state hangs off that model's own modules (a `_SparseGINTap` on every attention module): two
+  in transformers' AttentionInterface (host.py): it runs the original sdpa or eager attention unchanged and
+  hands what the graph depends on (query and key heads, mask, scaling, soft-capping, sinks) to the layer's
+  branch (`AttentionInputs`), which builds A' from them block by block (kernels/sparse_gin.py) or, for
+  inspection, whole (adjacency.py);
+- before any of that, a probe (host.py) checks on the model itself that this rebuilt graph is the host's own
+  and finds where each layer's attention output joins its residual stream, or refuses;
+- forward hooks on each decoder layer and on that writer module read the layer input h and the attention
+  output and add λ·GIN(X, A') where the placement asks;
+- under a KV cache the GIN features Z of past positions live in the same cache (dynamic or static), as extra
+  cache layers (index num_layers + k), so beam reordering and cropping treat them like the keys.
+Per-model state hangs off that model's own modules (a `_SparseGINTap` on every adapted attention module): two
 adapted models never share anything but the two stateless attention functions.
 """
 
@@ -18,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -27,13 +29,20 @@ from typing import Any
 
 from safetensors.torch import save_file
 from torch import Tensor, nn
-from transformers import AttentionInterface, PreTrainedModel
-from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
-from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers import PreTrainedModel
+from transformers.cache_utils import (
+    Cache,
+    DynamicIndexedLayer,
+    DynamicLayer,
+    DynamicSlidingWindowLayer,
+    StaticIndexedLayer,
+    StaticLayer,
+    StaticSlidingWindowLayer,
+)
 
 from .adjacency import AttentionInputs
 from .config import SparseGINConfig
+from .host import TAP, WRAPPED, HostLayer, HostMismatch, decoder_layers, family, probe, unprobed
 from .hub import (
     ADAPTER_TYPE,
     CONFIG_NAME,
@@ -51,34 +60,6 @@ logger = logging.getLogger(__name__)
 
 ADAPTER_PREFIX = "adapters."
 _BASE_PREFIX = "pretrained_model."
-_TAP = "_sparse_gin_tap"
-_WRAPPED = {"sdpa": "sparse_gin_sdpa", "eager": "sparse_gin_eager"}
-
-
-def _eager_attention(module: nn.Module):
-    # transformers keeps each architecture's eager attention beside its attention class, not in a registry.
-    eager = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
-    if eager is None:
-        raise ValueError(f"{type(module).__name__} has no eager_attention_forward in its module: use sdpa")
-    return eager
-
-
-def _attention_function(inner: str):
-    def attention(module, query, key, value, attention_mask, scaling=None, **kwargs):
-        run = ALL_ATTENTION_FUNCTIONS["sdpa"] if inner == "sdpa" else _eager_attention(module)
-        output, weights = run(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
-        tap = getattr(module, _TAP, None)
-        if tap is not None and tap.shared.enabled:
-            scale = query.shape[-1] ** -0.5 if scaling is None else scaling
-            tap.attention = AttentionInputs(query, key, attention_mask, scale)
-        return output, weights
-
-    return attention
-
-
-for _inner, _name in _WRAPPED.items():
-    AttentionInterface.register(_name, _attention_function(_inner))
-    AttentionMaskInterface.register(_name, sdpa_mask if _inner == "sdpa" else eager_mask)
 
 
 @dataclass
@@ -102,7 +83,7 @@ class _Shared:
 class _SparseGINTap:
     """One decoder layer's link to its adapter, plus what one forward call passes between hooks."""
 
-    index: int
+    host: HostLayer
     adapter: SparseGINLayer
     shared: _Shared
     hidden: Tensor | None = None
@@ -111,36 +92,46 @@ class _SparseGINTap:
     delta: Tensor | None = None
 
     def branch(self, x: Tensor) -> Tensor:
+        index = self.host.index
         if self.attention is None:
-            raise RuntimeError(f"layer {self.index}: its attention did not run through the Sparse-GIN attention")
+            raise RuntimeError(f"layer {index}: its attention did not run through the Sparse-GIN attention")
         extend = None
         if self.cache is not None:
-            extend = partial(_extend_features, self.cache, self.index, self.shared.num_layers)
+            extend = partial(_extend_features, self.cache, index, self.shared.num_layers)
         captured = self.shared.captured
         delta, graph = self.adapter(x, self.attention, extend, self.shared.graph_adjacency, captured is not None)
         if captured is not None:
-            captured.append(LayerGraph(self.index, *(tensor.detach() for tensor in graph)))
+            captured.append(LayerGraph(index, *(tensor.detach() for tensor in graph)))
         self.attention = None
         return delta
 
 
+def _feature_layer(mirrored: Any) -> Any:
+    """A cache layer for one adapter's features that fills, slides and crops as the key layer `mirrored` does."""
+    if isinstance(mirrored, (DynamicIndexedLayer, StaticIndexedLayer)):
+        raise ValueError(f"Sparse-GIN keeps no features beside {type(mirrored).__name__} cache layers")
+    # Most derived first: a sliding layer is a kind of full one, and hybrids' layers mix linear state into these.
+    if isinstance(mirrored, StaticSlidingWindowLayer):
+        return StaticSlidingWindowLayer(max_cache_len=mirrored.max_cache_len, sliding_window=mirrored.max_cache_len)
+    if isinstance(mirrored, StaticLayer):
+        return StaticLayer(max_cache_len=mirrored.max_cache_len)
+    if isinstance(mirrored, DynamicSlidingWindowLayer):
+        return DynamicSlidingWindowLayer(sliding_window=mirrored.sliding_window)
+    # A full dynamic layer, or a layer without keys (a hybrid's linear attention, which no adapter reads).
+    return DynamicLayer()
+
+
 def _extend_features(cache: Any, layer: int, num_layers: int, z: Tensor) -> Tensor:
-    """Append this call's Z (B, T_q, F) to the cache and return Z for every key position (B, T_k, F)."""
-    if not isinstance(cache, DynamicCache):
-        raise ValueError(f"Sparse-GIN needs a DynamicCache (generate's default), got {type(cache).__name__}")
+    """Write this call's Z (B, T_q, F) into the cache and return Z for every key position (B, T_k, F)."""
+    if not isinstance(cache, Cache):
+        raise ValueError(f"Sparse-GIN needs a transformers Cache (dynamic or static), got {type(cache).__name__}")
     if cache.layer_class_to_replicate is not None:
         while len(cache.layers) < num_layers:
             cache.layers.append(cache.layer_class_to_replicate())
     while len(cache.layers) < 2 * num_layers:
-        mirrored = cache.layers[len(cache.layers) - num_layers]
-        if type(mirrored) is DynamicLayer:
-            cache.layers.append(DynamicLayer())
-        elif type(mirrored) is DynamicSlidingWindowLayer:
-            cache.layers.append(DynamicSlidingWindowLayer(sliding_window=mirrored.sliding_window))
-        else:
-            kind = type(mirrored).__name__
-            raise ValueError(f"Sparse-GIN caches beside full or sliding DynamicCache layers, not {kind}")
-    # Z rides as the "keys" of its own cache layer (B, 1, T, F), with zero-width "values".
+        cache.layers.append(_feature_layer(cache.layers[len(cache.layers) - num_layers]))
+    # Z rides as the "keys" of its own cache layer (B, 1, T, F), with zero-width "values"; a static layer writes
+    # them at its own fill position, as it does the keys.
     features, _ = cache.layers[num_layers + layer].update(z[:, None], z.new_empty(*z.shape[:2], 0)[:, None])
     return features[:, 0]
 
@@ -148,21 +139,25 @@ def _extend_features(cache: Any, layer: int, num_layers: int, z: Tensor) -> Tens
 def _before_layer(tap: _SparseGINTap, module: nn.Module, args: tuple, kwargs: dict) -> None:
     if tap.shared.enabled:
         tap.hidden = args[0] if args else kwargs["hidden_states"]
-        tap.cache = kwargs.get("past_key_values")
+        tap.cache = kwargs.get("past_key_values", kwargs.get("layer_past"))
 
 
-def _after_attention(tap: _SparseGINTap, module: nn.Module, args: tuple, kwargs: dict, output: tuple) -> tuple | None:
+def _after_writer(tap: _SparseGINTap, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+    """After the module that writes the attention's output w into the stream (the attention or a norm after it)."""
     if not tap.shared.enabled:
         return None
-    attn_out = output[0]
-    delta = tap.branch(tap.hidden + attn_out)  # X = h + attn_out
-    if tap.adapter.config.placement == "after_attention":
-        # tap.hidden stays: under gradient checkpointing the backward pass reruns the layer's forward, and this hook
-        # with it, but not the layer's pre-hook (transformers checkpoints `forward`, outside the module hooks).
-        tap.cache = None
-        return (attn_out + delta, *output[1:])
-    tap.delta = delta
-    return None
+    written = output[0] if isinstance(output, tuple) else output
+    scale = tap.host.stream_scale
+    delta = tap.branch(tap.hidden + scale * written)  # X = h + c·w, the residual stream after attention
+    if tap.adapter.config.placement == "parallel":
+        tap.delta = delta
+        return None
+    # after_attention: the stream becomes h + c·(w + delta / c) = X + delta. tap.hidden stays: under gradient
+    # checkpointing the backward pass reruns the layer's forward, and this hook with it, but not the layer's
+    # pre-hook (transformers checkpoints `forward`, outside the module hooks).
+    tap.cache = None
+    written = written + (delta if scale == 1.0 else delta / scale)
+    return (written, *output[1:]) if isinstance(output, tuple) else written
 
 
 def _after_layer(tap: _SparseGINTap, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
@@ -173,17 +168,8 @@ def _after_layer(tap: _SparseGINTap, module: nn.Module, args: tuple, kwargs: dic
         hidden = hidden + tap.delta
     else:
         hidden = hidden + tap.branch(hidden)  # after_mlp: X = the layer's output
-    tap.cache = tap.delta = None  # tap.hidden stays for a checkpointed layer's recomputation (_after_attention)
+    tap.cache = tap.delta = None  # tap.hidden stays for a checkpointed layer's recomputation (_after_writer)
     return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
-
-
-def decoder_layers(model: PreTrainedModel) -> nn.ModuleList:
-    """The decoder layers of a transformers causal LM, each with a `self_attn`."""
-    layers = getattr(model.get_decoder(), "layers", None)
-    if not isinstance(layers, nn.ModuleList) or not all(hasattr(layer, "self_attn") for layer in layers):
-        name = type(model).__name__
-        raise ValueError(f"{name}: expected decoder layers, each with a self_attn, at get_decoder().layers")
-    return layers
 
 
 def base_fingerprint(model: PreTrainedModel) -> dict[str, Any]:
@@ -243,23 +229,23 @@ def _initial_scale(config: SparseGINConfig, layer: int, num_layers: int) -> floa
 class SparseGINModel(nn.Module):
     """A frozen base causal LM with a Sparse-GIN branch in every decoder layer."""
 
-    def __init__(self, model: PreTrainedModel, config: SparseGINConfig) -> None:
+    def __init__(self, model: PreTrainedModel, config: SparseGINConfig, probe_host: bool = True) -> None:
+        """`probe_host=False` skips the check that the adapter's graph and residual stream are the host's own
+        (host.py) and assumes them: unsafe on any family it was not checked on."""
         super().__init__()
         layers = decoder_layers(model)
-        if any(getattr(layer.self_attn, _TAP, None) for layer in layers):
+        if any(hasattr(module, TAP) for module in model.modules()):
             raise ValueError("this model already carries a Sparse-GIN adapter: unload() it first")
         attn = model.config._attn_implementation
-        if attn not in _WRAPPED:
+        if attn not in WRAPPED:
             raise ValueError(f"attn_implementation={attn!r}: Sparse-GIN wraps sdpa or eager; load the base with either")
         if not model._can_set_attn_implementation():
-            raise ValueError(f"{type(model).__name__} does not route attention through the AttentionInterface")
-        if config.placement != "after_mlp" and hasattr(layers[0], "post_feedforward_layernorm"):
-            raise ValueError(
-                f"placement={config.placement!r} needs h + attn_out on the residual stream; {type(layers[0]).__name__} "
-                "normalises the attention output first: use placement='after_mlp'"
-            )
+            raise HostMismatch(f"{family(model)}: {type(model).__name__} does not route attention through "
+                               "transformers' attention interface, so Sparse-GIN cannot see its graph")
+        hosts = probe(model, config.placement) if probe_host else unprobed(model)
         self.pretrained_model = model
         self.sparse_gin_config = config
+        self.host_layers = hosts
         self._base_attn = attn
         self._requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
         model.requires_grad_(False)
@@ -267,25 +253,39 @@ class SparseGINModel(nn.Module):
         hidden_size = model.config.get_text_config().hidden_size
         device = next(model.parameters()).device
         self.adapters = nn.ModuleList(
-            SparseGINLayer(hidden_size, config, _initial_scale(config, k, len(layers))).to(device)
-            for k in range(len(layers))
+            SparseGINLayer(hidden_size, config, _initial_scale(config, host.index, len(layers))).to(device)
+            for host in hosts
         )
         self._shared = _Shared(num_layers=len(layers))
         self._handles = []
-        for k, layer in enumerate(layers):
-            tap = _SparseGINTap(k, self.adapters[k], self._shared)
-            setattr(layer.self_attn, _TAP, tap)
-            self._handles.append(layer.register_forward_pre_hook(partial(_before_layer, tap), with_kwargs=True))
+        for host, adapter in zip(hosts, self.adapters):
+            tap = _SparseGINTap(host, adapter, self._shared)
+            setattr(host.attention, TAP, tap)
+            self._handles.append(host.layer.register_forward_pre_hook(partial(_before_layer, tap), with_kwargs=True))
             if config.placement != "after_mlp":
-                self._handles.append(
-                    layer.self_attn.register_forward_hook(partial(_after_attention, tap), with_kwargs=True)
-                )
+                self._handles.append(host.writer.register_forward_hook(partial(_after_writer, tap), with_kwargs=True))
             if config.placement != "after_attention":
-                self._handles.append(layer.register_forward_hook(partial(_after_layer, tap), with_kwargs=True))
-        model.set_attn_implementation(_WRAPPED[attn])
+                self._handles.append(host.layer.register_forward_hook(partial(_after_layer, tap), with_kwargs=True))
+        model.set_attn_implementation(WRAPPED[attn])
         # Trainer saves and resumes any module through its state dict: make that the adapter and its config.
         self.register_state_dict_post_hook(_drop_frozen_base)
         self.register_load_state_dict_post_hook(_frozen_base_is_not_missing)
+
+    @property
+    def adapted_layers(self) -> list[int]:
+        """Indices of the decoder layers that carry a branch (all of them, but for a hybrid's linear layers)."""
+        return [host.index for host in self.host_layers]
+
+    def describe_host(self) -> str:
+        """One line on what was adapted and how: layers, placement, residual kind and stream multiplier."""
+        layers, total = self.adapted_layers, len(decoder_layers(self.pretrained_model))
+        which = "all" if len(layers) == total else ", ".join(map(str, layers))
+        kinds = sorted({host.residual for host in self.host_layers})
+        writers = sorted({type(host.writer).__name__ for host in self.host_layers})
+        scales = sorted({round(host.stream_scale, 6) for host in self.host_layers})
+        return (f"{family(self.pretrained_model)}: {len(layers)} of {total} layers adapted ({which}); placement "
+                f"{self.sparse_gin_config.placement}; {'/'.join(kinds)} residual; attention output written by "
+                f"{'/'.join(writers)} with multiplier {'/'.join(map(str, scales))}")
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -343,7 +343,7 @@ class SparseGINModel(nn.Module):
             self._shared.captured = None
 
     def adapter_scales(self) -> list[float]:
-        """λ_k per decoder layer, for logging."""
+        """λ_k per adapted decoder layer, for logging."""
         return [adapter.scale.item() for adapter in self.adapters]
 
     def get_nb_trainable_parameters(self) -> tuple[int, int]:
@@ -365,6 +365,8 @@ class SparseGINModel(nn.Module):
             "base_model_name_or_path": self.pretrained_model.config._name_or_path,
             "config": self.sparse_gin_config.to_dict(),
             "base_model": base_fingerprint(self.pretrained_model),
+            "attn_implementation": self._base_attn,
+            "adapted_layers": self.adapted_layers,
         }
 
     def get_extra_state(self) -> Tensor:
@@ -403,13 +405,19 @@ class SparseGINModel(nn.Module):
     def from_pretrained(
         cls, model: PreTrainedModel, path_or_hub_id: str | Path, is_trainable: bool = False,
         revision: str | None = None, cache_dir: str | Path | None = None, local_files_only: bool = False,
+        probe_host: bool = True,
     ) -> SparseGINModel:
         """Attach a saved adapter (a directory in either layout of adapter/hub.py, or a hub repository) to `model`;
         a base of another shape is refused before any weight is loaded."""
         directory = resolve_adapter_dir(path_or_hub_id, revision, cache_dir, local_files_only)
         payload, tensors = read_adapter(directory)
         check_base(payload, model, f"adapter in {directory}")
-        wrapped = cls(model, SparseGINConfig.from_dict(payload["config"]))
+        wrapped = cls(model, SparseGINConfig.from_dict(payload["config"]), probe_host)
+        saved_layers = payload.get("adapted_layers")
+        if saved_layers is not None and saved_layers != wrapped.adapted_layers:
+            wrapped.unload()
+            raise ValueError(f"adapter in {directory} adapts layers {saved_layers}, but this base offers "
+                             f"{wrapped.adapted_layers}")
         wrapped.load_adapter_state_dict(tensors)
         wrapped.adapters.requires_grad_(is_trainable)
         return wrapped
@@ -430,15 +438,21 @@ class SparseGINModel(nn.Module):
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        for layer in decoder_layers(self.pretrained_model):
-            if hasattr(layer.self_attn, _TAP):
-                delattr(layer.self_attn, _TAP)
+        for host in self.host_layers:
+            if hasattr(host.attention, TAP):
+                delattr(host.attention, TAP)
         self.pretrained_model.set_attn_implementation(self._base_attn)
         for name, param in self.pretrained_model.named_parameters():
             param.requires_grad = self._requires_grad.get(name, param.requires_grad)
         return self.pretrained_model
 
 
-def get_sparse_gin_model(model: PreTrainedModel, config: SparseGINConfig | None = None) -> SparseGINModel:
-    """Freeze `model` (in place) and give each decoder layer a Sparse-GIN branch; only the branches train."""
-    return SparseGINModel(model, config or SparseGINConfig())
+def get_sparse_gin_model(
+    model: PreTrainedModel, config: SparseGINConfig | None = None, probe_host: bool = True
+) -> SparseGINModel:
+    """Freeze `model` (in place) and give each decoder layer a Sparse-GIN branch; only the branches train.
+
+    First a probe checks, on a few random tokens under eager attention, that the graph the adapter rebuilds
+    equals the model's own attention weights and where each layer's residual stream is; a model that differs is
+    refused with HostMismatch, naming the family, layer and term. `probe_host=False` skips it: unsafe."""
+    return SparseGINModel(model, config or SparseGINConfig(), probe_host)

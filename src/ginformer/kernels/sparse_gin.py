@@ -2,7 +2,7 @@
 
 The graph, as `ginformer.adapter.adjacency` builds it densely (the reference this path is tested against):
 
-    P_h = softmax(q_h k_g(h)ᵀ · scaling + mask)                   per head h; g(h) its key head under GQA
+    P_h = softmax(cap(q_h k_g(h)ᵀ · scaling) + mask ‖ sink_h)      per head h; g(h) its key head under GQA
     A   = min(1, Σ_h P_h)  |  mean_h P_h  |  max_h P_h             head aggregation
     R   = A + G                                                    G: an outside graph (none: R = A)
     S   = sigmoid(α (min(1, R) − τ))
@@ -19,6 +19,8 @@ backward, `_BlockwiseNeighbours` keeps one of two things, never A' itself:
   recomputes every block from q and k, as flash attention's backward does. A block holds its rows' every
   visible key, so the softmax is recomputed whole; the Triton kernel (kernels/triton_sparse_gin.py), which
   streams key blocks, needs the rows' log-sum-exp instead, and keeps it.
+cap(s) = c·tanh(s / c) is the host's logit soft-capping (Gemma 2) where it has one, else s; ‖ sink_h appends a
+per-head sink logit (gpt-oss) that takes its share of the softmax and is then dropped, else nothing.
 Gradients reach Z, α, τ and G; q and k are treated as constants (`detach_adjacency`).
 """
 
@@ -43,6 +45,20 @@ EDGES_PER_QUERY = 64
 _BLOCK_SCORES = 2**21
 
 
+def soft_capped(scores: Tensor, cap: float | None) -> Tensor:
+    """cap · tanh(scores / cap): the logit soft-capping some hosts apply before the mask (None: scores)."""
+    return scores if cap is None else torch.tanh(scores / cap) * cap
+
+
+def head_probabilities(scores: Tensor, sinks: Tensor | None) -> Tensor:
+    """softmax over keys of masked scores (B, H, T_q, T_k), with one extra sink logit per head (H,) in each
+    row's normaliser when the host has attention sinks: its rows then sum to less than 1."""
+    if sinks is None:
+        return scores.softmax(dim=-1)
+    sink = sinks.to(scores.dtype).view(1, -1, 1, 1).expand(*scores.shape[:-1], 1)
+    return (scores - torch.logsumexp(torch.cat([scores, sink], dim=-1), dim=-1, keepdim=True)).exp()
+
+
 @dataclass
 class GraphInputs:
     """What defines A': the layer's attention inputs and the sharpening settings."""
@@ -57,6 +73,8 @@ class GraphInputs:
     aggregation: str = "sum"
     self_loops_only: bool = False
     external: Tensor | None = None  # G (B, T_q, T_k)
+    softcap: float | None = None  # the host's logit soft-capping c, if any
+    sinks: Tensor | None = None  # (H,) the host's per-head sink logits, if any
 
     def __post_init__(self) -> None:
         if self.aggregation not in AGGREGATIONS:
@@ -80,6 +98,8 @@ class GraphInputs:
             threshold=self.threshold,
             aggregation=self.aggregation,
             self_loops_only=self.self_loops_only,
+            softcap=self.softcap,
+            sinks=self.sinks,
         )
         return function.apply(z, self.alpha, self.tau, self.external, self.query.detach(), self.key.detach(),
                               self.mask, settings)
@@ -101,7 +121,7 @@ class GraphInputs:
         query = self.query[:, :, start:stop].float() * self.scaling
         query = query.reshape(batch, kv_heads, heads // kv_heads * count, dim)  # (B, H_kv, rep·c, D): a group's rows
         scores = query @ self.key[:, :, :visible].float().transpose(-1, -2)  # (B, H_kv, rep·c, visible)
-        scores = scores.view(batch, heads, count, visible)
+        scores = soft_capped(scores.view(batch, heads, count, visible), self.softcap)
         floor = torch.finfo(scores.dtype).min
         if self.mask is None and count == 1:
             forbidden = None  # one query sees every key up to itself
@@ -115,7 +135,7 @@ class GraphInputs:
             if mask.dtype != torch.bool:
                 scores += mask.float()
             scores.masked_fill_(forbidden[:, None], floor)
-        probs = scores.softmax(dim=-1)  # (B, H, c, visible); a row with no allowed key is uniform, and unused
+        probs = head_probabilities(scores, self.sinks)  # (B, H, c, visible); a row with no allowed key is unused
         if self.aggregation == "sum":
             raw = probs.sum(dim=1).clamp_(max=1.0)
         elif self.aggregation == "mean":

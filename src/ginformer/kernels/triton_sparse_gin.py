@@ -231,8 +231,9 @@ def _backward_kernel(
 
 
 def supports(graph: GraphInputs) -> bool:
-    """The shapes the kernels take (a head of at most 256 dims); anything else runs the torch path."""
-    return graph.query.shape[-1] <= 256
+    """The graphs the kernels take (a head of at most 256 dims, no soft-capping, no sinks); anything else runs the
+    torch path."""
+    return graph.query.shape[-1] <= 256 and graph.softcap is None and graph.sinks is None
 
 
 def _launch_args(graph: GraphInputs) -> tuple[list, list, list, dict]:
