@@ -25,12 +25,16 @@ class AutoSparseGINModelForCausalLM:
         path_or_hub_id: str | Path,
         is_trainable: bool = False,
         dtype: torch.dtype = torch.float32,
+        attn_implementation: str | None = None,
         base_model_name_or_path: str | Path | None = None,
         revision: str | None = None,
         cache_dir: str | Path | None = None,
         local_files_only: bool = False,
+        probe_host: bool = True,
     ) -> SparseGINModel:
-        """The adapter in `path_or_hub_id` on its base, loaded in `dtype` (the adapter stays float32).
+        """The adapter in `path_or_hub_id` on its base, loaded in `dtype` (the adapter stays float32) with the
+        attention implementation it was trained with ("sdpa" for adapters that do not record one) unless
+        `attn_implementation` names another: "eager" for bases that have no sdpa (Gemma 2, gpt-oss).
 
         The base is the one the adapter was saved with ("smollm2", a local directory or a hub id), unless
         `base_model_name_or_path` names another copy of it (a directory moved since, say)."""
@@ -41,5 +45,6 @@ class AutoSparseGINModelForCausalLM:
         if not base_name:
             raise ValueError(f"{directory}: the adapter does not say which base it was trained on; pass "
                              "base_model_name_or_path")
-        base = load_base_causal_lm(base_name, dtype=dtype)
-        return SparseGINModel.from_pretrained(base, directory, is_trainable=is_trainable)
+        attn = attn_implementation or payload.get("attn_implementation", "sdpa")
+        base = load_base_causal_lm(base_name, dtype=dtype, attn_implementation=attn)
+        return SparseGINModel.from_pretrained(base, directory, is_trainable=is_trainable, probe_host=probe_host)

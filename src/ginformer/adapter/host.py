@@ -44,7 +44,7 @@ WRAPPED = {"sdpa": "sparse_gin_sdpa", "eager": "sparse_gin_eager"}
 # the mask already carries any window, dropout comes after the weights, the rest only routes the call.
 NEUTRAL_KWARGS = frozenset({
     "dropout", "sliding_window", "position_ids", "cache_position", "is_causal", "output_attentions", "use_cache",
-    "layer_idx", "position_embeddings", "past_key_values", "head_mask",
+    "layer_idx", "position_embeddings", "past_key_values", "head_mask", "output_router_logits",
 })
 # What the rebuild reads: logit soft-capping (Gemma 2) and per-head sink logits (gpt-oss).
 READ_KWARGS = {"softcap": "softcap", "s_aux": "sinks"}
@@ -82,7 +82,7 @@ def attention_inputs(query: Tensor, key: Tensor, mask: Tensor | None, scaling: f
     """What an attention function was called with, as far as its probabilities depend on it."""
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
     read = {name: kwargs.get(kwarg) for kwarg, name in READ_KWARGS.items()}
-    if read["sinks"] is not None:
+    if read.get("sinks") is not None:
         read["sinks"] = read["sinks"].detach()
     return AttentionInputs(query, key, mask, scale, **read)
 
@@ -226,6 +226,12 @@ def _graph_error(call: AttentionCall) -> float:
     return worst
 
 
+def _short(value: Any) -> str:
+    if isinstance(value, Tensor):
+        return f"<tensor of shape {tuple(value.shape)}>"
+    return repr(value)[:60]
+
+
 def _probe_inputs(model: PreTrainedModel) -> tuple[Tensor, Tensor]:
     """A few random tokens, the second row left-padded: the padding mask path is part of what is checked."""
     vocab = model.config.get_text_config().vocab_size
@@ -253,7 +259,9 @@ def _stream(layer: nn.Module, attention_block: nn.Module, calls: dict[nn.Module,
             writer, w = child, first_out
             break
     others = [child for child in children if child is not writer]
-    outputs = [out for child in others for out in calls[child].outputs if out is not None and out.shape == y.shape]
+    # An MoE block may return its tokens flattened, (B·T, d), for the layer to reshape.
+    outputs = [out.reshape(y.shape) for child in others for out in calls[child].outputs
+               if out is not None and out.numel() == y.numel()]
     # Sequential: some child reads r = h + c·w (the pre-MLP norm, or the MLP), and the layer returns r + d·o.
     for child in others:
         for r in calls[child].inputs:
@@ -318,7 +326,7 @@ def probe(model: PreTrainedModel, placement: str) -> list[HostLayer]:
             raise HostMismatch(f"{where}: {len(per_layer[k])} attention calls in one layer; Sparse-GIN adapts one")
         call = per_layer[k][0]
         if call.unread:
-            terms = ", ".join(f"{key}={value!r}"[:80] for key, value in call.unread.items())
+            terms = ", ".join(f"{key}={_short(value)}" for key, value in call.unread.items())
             raise HostMismatch(f"{where}: its attention gets {terms}, a term the Sparse-GIN graph does not rebuild")
         error = _graph_error(call)
         if error > 10 * tol:

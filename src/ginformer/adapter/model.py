@@ -139,7 +139,8 @@ def _extend_features(cache: Any, layer: int, num_layers: int, z: Tensor) -> Tens
 def _before_layer(tap: _SparseGINTap, module: nn.Module, args: tuple, kwargs: dict) -> None:
     if tap.shared.enabled:
         tap.hidden = args[0] if args else kwargs["hidden_states"]
-        tap.cache = kwargs.get("past_key_values", kwargs.get("layer_past"))
+        # Most families pass the cache by keyword, GPT-2 by position.
+        tap.cache = next((value for value in (*args, *kwargs.values()) if isinstance(value, Cache)), None)
 
 
 def _after_writer(tap: _SparseGINTap, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
