@@ -280,6 +280,30 @@ def test_cached_greedy_generate_equals_uncached(arch):
     assert not torch.allclose(cached.logits[0], base_logits, atol=1e-3)
 
 
+@pytest.mark.parametrize("arch", ["llama", "mistral"])  # mistral's window of 4 slides its static cache layers
+@pytest.mark.parametrize("placement", PLACEMENTS)
+def test_static_cache_generates_what_the_default_cache_generates(arch, placement):
+    model = adapted(tiny(arch), placement=placement)
+    ids, mask = batch(length=6)
+    settings = dict(attention_mask=mask, max_new_tokens=7, min_new_tokens=7, do_sample=False)
+    settings.update(output_logits=True, return_dict_in_generate=True)
+    default = model.generate(ids, **settings)
+    static = model.generate(ids, cache_implementation="static", **settings)
+    assert torch.equal(static.sequences, default.sequences)
+    for step_static, step_default in zip(static.logits, default.logits):
+        torch.testing.assert_close(step_static, step_default, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_compiled_static_cache_generates_what_the_default_cache_generates():
+    model = adapted(tiny())
+    ids, mask = batch(length=6)
+    settings = dict(attention_mask=mask, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    default = model.generate(ids, **settings)
+    model.get_base_model().forward = torch.compile(model.get_base_model().forward)
+    assert torch.equal(model.generate(ids, cache_implementation="static", **settings), default)
+
+
 def test_forward_in_cached_chunks_equals_one_full_forward():
     """A lazily grown DynamicCache, fed 4 + 3 + 1 tokens, gives the logits of one 8-token forward."""
     model = adapted(tiny())
