@@ -270,13 +270,14 @@ def _stream(layer: nn.Module, attention_block: nn.Module, calls: dict[nn.Module,
             (c,), error = _fit(r - h, w)
             if error > tol or abs(c) < 1e-3:
                 continue
+            c = 1.0 if abs(c - 1.0) < tol else c  # the usual h + w, exactly
             if any(_fit(y - r, out)[1] <= tol for out in outputs):
                 return writer, c, "sequential"
     # Parallel: the layer returns h + c·w + d·o with o computed from h.
     for out in outputs:
         (c, _), error = _fit(y - h, w, out)
         if error <= tol and abs(c) >= 1e-3:
-            return writer, c, "parallel"
+            return writer, 1.0 if abs(c - 1.0) < tol else c, "parallel"
     raise HostMismatch(
         f"{where}: the residual stream after attention is not h + c·(attention output) followed by the MLP block "
         f"(the attention output passes through something Sparse-GIN cannot rebuild, e.g. a norm before the residual "
@@ -299,8 +300,9 @@ def probe(model: PreTrainedModel, placement: str) -> list[HostLayer]:
     try:
         model.set_attn_implementation(WRAPPED["eager"])
         model.eval()
+        backbone = model.base_model  # the decoder without its LM head, which the probe does not need
         with _recording_children(layers) as calls, torch.no_grad():
-            model(input_ids=ids, attention_mask=mask, use_cache=False)
+            backbone(input_ids=ids, attention_mask=mask, use_cache=False)
         recorded = _recorded.get()
     finally:
         _recorded.reset(token)

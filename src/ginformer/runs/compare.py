@@ -353,6 +353,7 @@ class RunSummary:
     wall_time_s: float | None
     scores: dict[str, float]  # the task's metrics of the final model on the validation split
     graph: dict[str, list[tuple[int, list]]]  # scalar -> (step, value per layer) at every logged event
+    adapted: str | None = None  # a Sparse-GIN run: which layers, placement and residual kind (describe_host)
 
 
 RUN_FIELDS = frozenset(f.name for f in dataclasses.fields(RunSummary))
@@ -407,6 +408,7 @@ def run_summary(
         step_time_s=statistics.fmean(step_times) if step_times else None,
         wall_time_s=sum(ends) if ends else None,
         scores=dict(evaluation["scores"]),
+        adapted=start.get("adapted"),
         graph={key: sorted(history.items()) for key, history in graph.items()},
     )
 
@@ -519,6 +521,9 @@ def summary_markdown(
           *("" if value(r, k) is None else format(value(r, k), f) for k, _, f in per_run_columns)] for r in runs],
     )
     changes = [f"  - {v}: {json.dumps(c) if c else '(the base settings)'}" for v, c in settings.variants.items()]
+    # Families differ in where a branch can join (placement) and which layers have attention to adapt: say so.
+    adapted = {r.variant: r.adapted for r in runs if r.adapted}
+    changes += [f"  - {v} adapts {description}" for v, description in adapted.items()]
     model = first.model
     shared = (f"trained from scratch, {model.num_hidden_layers} layers × {model.num_attention_heads} heads"
               if settings.side == "scratch" else f"the frozen base {model.base}")

@@ -26,8 +26,8 @@ from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, Trainer
 
 from ginformer.adapter import SparseGINConfig, SparseGINLayer, SparseGINModel, get_sparse_gin_model
+from ginformer.adapter.host import HostMismatch, probe
 from ginformer.adapter.lora import LoraTarget, get_lora_model, lora_config_for_budget, lora_target_modules
-from ginformer.adapter.model import decoder_layers
 from ginformer.modeling import GinformerForCausalLM
 from ginformer.pretrained import load_base_model, load_base_tokenizer
 from ginformer.runs.settings import ConfigError, check_fields, positive, require
@@ -240,12 +240,18 @@ def _no_adapter(base: PreTrainedModel, settings: PretrainedModelSettings):
 
 
 def _sparse_gin(base: PreTrainedModel, settings: PretrainedModelSettings):
-    return get_sparse_gin_model(base, settings.sparse_gin), {}
+    model = get_sparse_gin_model(base, settings.sparse_gin)
+    return model, {"adapted": model.describe_host(), "adapted_layers": model.adapted_layers}
 
 
 def _lora(base: PreTrainedModel, settings: PretrainedModelSettings):
     lora = settings.lora
-    budget = sparse_gin_parameter_count(base, settings.sparse_gin)
+    try:
+        budget = sparse_gin_parameter_count(base, settings.sparse_gin)
+    except HostMismatch as err:
+        if lora.rank is None:
+            raise ConfigError(f"model.lora: its budget is Sparse-GIN's count, but {err}; set model.lora.rank") from None
+        budget = None
     extra = {"lora_dropout": lora.dropout, "use_rslora": lora.use_rslora, "use_dora": lora.use_dora,
              **({"lora_alpha": lora.alpha} if lora.alpha is not None else {})}
     if lora.rank is None:
@@ -357,10 +363,11 @@ def side_of(settings: ScratchModelSettings | PretrainedModelSettings) -> ModelSi
 
 def sparse_gin_parameter_count(model: PreTrainedModel, config: SparseGINConfig) -> int:
     """Trainable parameters a Sparse-GIN adapter with `config` adds to `model`, without wrapping it: one
-    SparseGINLayer per decoder layer, every parameter of which trains (fixed values are buffers)."""
+    SparseGINLayer per layer the probe would adapt (a hybrid's linear-attention layers get none), every parameter
+    of which trains (fixed values are buffers)."""
     hidden_size = model.config.get_text_config().hidden_size
     per_layer = sum(p.numel() for p in SparseGINLayer(hidden_size, config, 0.0).parameters())
-    return per_layer * len(decoder_layers(model))
+    return per_layer * len(probe(model, config.placement))
 
 
 def read_weights(directory: Path, load: Callable[[], torch.nn.Module]) -> torch.nn.Module:
