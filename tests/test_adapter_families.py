@@ -62,12 +62,14 @@ REFUSED = {
     "gptj": ({}, "eager", "does not route attention through transformers' attention interface"),
     "falcon": ({}, "sdpa", "does not route attention through transformers' attention interface"),
 }
+# Whose attention output passes through something the probe cannot rebuild before the residual add: after_mlp only.
+AFTER_MLP_ONLY = {"gemma4_text": (dict(head_dim=16, global_head_dim=16, **WINDOWED), ("sdpa",))}
 HYBRID_ADAPTED = {"qwen3_next": [3], "qwen3_5_text": [3]}  # their full-attention layers; the rest are linear
 CASES = [(name, attn) for name, (_, attns) in FAMILIES.items() for attn in attns]
 
 
 def tiny(name, attn, seed=0):
-    overrides = (FAMILIES[name][0] if name in FAMILIES else REFUSED[name][0])
+    overrides = {**FAMILIES, **AFTER_MLP_ONLY, **REFUSED}[name][0]
     config = AutoConfig.for_model(name, **{**BASE, **overrides})
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(config, attn_implementation=attn).eval()
@@ -212,9 +214,7 @@ def test_families_the_adapter_cannot_see_are_refused_by_name(name):
 
 
 def test_a_family_after_mlp_only_is_refused_for_after_attention_and_works_after_mlp():
-    config = AutoConfig.for_model("gemma4_text", **{**BASE, "head_dim": 16, "global_head_dim": 16, **WINDOWED})
-    torch.manual_seed(0)
-    base = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
+    base = tiny("gemma4_text", "sdpa")
     with pytest.raises(HostMismatch, match="gemma4_text layer 0: the residual stream .* placement='after_mlp'"):
         get_sparse_gin_model(base)
     reference = copy.deepcopy(base)

@@ -138,6 +138,9 @@ class PretrainedModelSettings:
     # The frozen base's weights: bfloat16 halves their memory (what a 3B base needs); trained adapters (Sparse-GIN,
     # LoRA) stay float32 either way.
     base_dtype: Literal["float32", "bfloat16"] = "float32"
+    # How the base computes attention: eager for families that have no sdpa (Gemma 2, gpt-oss). Sparse-GIN's graph
+    # is the same under either (its probe checks it against eager).
+    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
     method: Literal["sparse-gin", "lora", "none"] = "sparse-gin"  # "none" trains nothing: the base's own numbers
     # The Sparse-GIN adapter; for method "lora" it still sets the trainable-parameter budget LoRA is matched to.
     sparse_gin: SparseGINConfig = field(default_factory=SparseGINConfig)
@@ -305,7 +308,9 @@ class Pretrained(ModelSide):
 
     def build(self, settings: PretrainedModelSettings, tokenizer: PreTrainedTokenizerBase) -> BuiltModel:
         """Load the base and wrap it as `settings.method` asks; the base's weights are frozen in every case."""
-        base, _ = load_base_model(settings.base, dtype=getattr(torch, settings.base_dtype))
+        base, _ = load_base_model(
+            settings.base, dtype=getattr(torch, settings.base_dtype), attn_implementation=settings.attn_implementation
+        )
         base.requires_grad_(False)
         build, _ = METHODS[settings.method]
         model, extras = build(base, settings)
@@ -318,7 +323,9 @@ class Pretrained(ModelSide):
 
     def load(self, run_dir: Path, settings: PretrainedModelSettings):
         adapter = run_dir / self.final_dir
-        base, tokenizer = load_base_model(settings.base, dtype=getattr(torch, settings.base_dtype))
+        base, tokenizer = load_base_model(
+            settings.base, dtype=getattr(torch, settings.base_dtype), attn_implementation=settings.attn_implementation
+        )
         _, attach = METHODS[settings.method]
         model = base if attach is None else read_weights(adapter, lambda: attach(base, adapter))
         if attach is not None:
