@@ -420,6 +420,8 @@ def test_compare_trains_evaluates_and_writes_summary_and_figures(tmp_path, base_
     summary = (root / "summary.md").read_text()
     assert "| sparse_gin" in summary and "| fixed_lambda" in summary and "base (frozen)" in summary
     assert "GSM8K strict" in summary
+    # which layers each Sparse-GIN variant adapted, and where its branch joined them
+    assert "  - sparse_gin adapts llama: 2 of 2 layers adapted (all); placement after_attention;" in summary
     figures = {p.name for p in (root / "figures").glob("*.png")}
     assert figures == {"train_loss.png", "val_perplexity.png", "min_val_perplexity.png", "min_train_loss.png",
                        "generalisation_gap.png", "score_strict.png", "lambda_per_layer.png",
