@@ -65,7 +65,10 @@ REFUSED = {
 # Whose attention output passes through something the probe cannot rebuild before the residual add: after_mlp only.
 AFTER_MLP_ONLY = {"gemma4_text": (dict(head_dim=16, global_head_dim=16, **WINDOWED), ("sdpa",))}
 HYBRID_ADAPTED = {"qwen3_next": [3], "qwen3_5_text": [3]}  # their full-attention layers; the rest are linear
-CASES = [(name, attn) for name, (_, attns) in FAMILIES.items() for attn in attns]
+# One of each kind of trick runs by default; the rest of the matrix is marked slow (CI runs it all).
+QUICK = {"llama", "mistral", "gemma2", "granite", "glm4", "deepseek_v3", "gpt_oss", "gpt2", "gpt_neox", "qwen3_next"}
+CASES = [pytest.param(name, attn, marks=() if name in QUICK else pytest.mark.slow)
+         for name, (_, attns) in FAMILIES.items() for attn in attns]
 
 
 def tiny(name, attn, seed=0):

@@ -174,16 +174,18 @@ def _recording_children(layers: nn.ModuleList) -> Iterator[dict[nn.Module, _Call
     calls: dict[nn.Module, _Calls] = {}
     handles = []
 
-    def record(module, args, kwargs, output):
-        entry = calls.setdefault(module, _Calls([], []))
+    def record_input(module, args, kwargs):  # before the call: a module may update its input in place
         first = _first_tensor(args, kwargs)
+        calls.setdefault(module, _Calls([], [])).inputs.append(None if first is None else first.detach().clone())
+
+    def record_output(module, args, kwargs, output):
         out = _output_tensor(output)
-        entry.inputs.append(None if first is None else first.detach().clone())
-        entry.outputs.append(None if out is None else out.detach().clone())
+        calls[module].outputs.append(None if out is None else out.detach().clone())
 
     for layer in layers:
         for module in (layer, *layer.children()):
-            handles.append(module.register_forward_hook(record, with_kwargs=True))
+            handles.append(module.register_forward_pre_hook(record_input, with_kwargs=True))
+            handles.append(module.register_forward_hook(record_output, with_kwargs=True))
     try:
         yield calls
     finally:
@@ -194,6 +196,11 @@ def _recording_children(layers: nn.ModuleList) -> Iterator[dict[nn.Module, _Call
 def _tolerance(dtype: torch.dtype) -> float:
     # Relative error allowed between two computations of one quantity: float32 reorders sums, 16-bit rounds.
     return 1e-4 if dtype == torch.float32 else 3e-2
+
+
+def _graph_tolerance(dtype: torch.dtype) -> float:
+    # Largest difference allowed between two computations of one attention probability.
+    return 1e-4 if dtype == torch.float32 else 2e-2
 
 
 def _relative_error(estimate: Tensor, target: Tensor) -> float:
@@ -331,7 +338,7 @@ def probe(model: PreTrainedModel, placement: str) -> list[HostLayer]:
             terms = ", ".join(f"{key}={_short(value)}" for key, value in call.unread.items())
             raise HostMismatch(f"{where}: its attention gets {terms}, a term the Sparse-GIN graph does not rebuild")
         error = _graph_error(call)
-        if error > 10 * tol:
+        if error > _graph_tolerance(dtype):
             raise HostMismatch(
                 f"{where}: the rebuilt attention graph differs from the model's own eager attention weights by "
                 f"{error:.2g}: its attention computes a term Sparse-GIN does not rebuild"
