@@ -227,3 +227,18 @@ def test_size_config_rejects_unreachable_targets():
     base = tiny_config("gin")
     with pytest.raises(ValueError, match="target_params"):
         size_config(base, 10, tolerance=0.01)
+
+
+@pytest.mark.slow
+def test_static_cache_generation_with_a_compiled_forward_equals_uncached():
+    """model.forward through torch.compile compiles the prefill as well, where the cache's count of tokens is a
+    traced tensor: a dense PNA layer (sigmoid adjacency) generates the uncached model's tokens and logits."""
+    model = generation_model("pna", "sigmoid")
+    prompt, mask = prompt_batch(model.config, padded=False)
+    graphs_before = counters["stats"]["unique_graphs"]
+    with torch.no_grad():
+        uncached = greedy(model, prompt, mask, use_cache=False)
+        model.forward = torch.compile(model.forward, fullgraph=True)
+        compiled = greedy(model, prompt, mask, cache_implementation="static")
+    assert counters["stats"]["unique_graphs"] > graphs_before
+    assert_same_generation(compiled, uncached)
