@@ -180,6 +180,7 @@ def test_compiled_static_cache_generation_equals_uncached(kind, option):
         (dict(adjacency_activation="tanh"), "adjacency_activation"),
         (dict(refinement="dropout"), "refinement"),
         (dict(adjacency_top_k=0), "adjacency_top_k"),
+        (dict(refinement="threshold", refinement_threshold=-0.1), "refinement_threshold"),
         (dict(gin_mlp_multiplier=0.0), "gin_mlp_multiplier"),
         (dict(gin_mlp_multiplier=-1.0), "gin_mlp_multiplier"),
         (dict(gin_self_term="two"), "gin_self_term"),
