@@ -88,7 +88,7 @@ class GraphAttention(LlamaAttention):
         cache = layer_cache(cache, past_key_values, kwargs)
         nodes, first_query = step_nodes, 0
         if cache is not None:
-            if cache.is_compileable and step_nodes.shape[1] != key.shape[1]:
+            if step_nodes.shape[1] != key.shape[1] and cache.is_compileable:
                 raise ValueError(
                     f"node_features='hidden_slice' keeps {step_nodes.shape[1]} node heads beside {key.shape[1]} "
                     "key-value heads, and a static cache sizes its value buffer by the keys: generate with the "
