@@ -7,11 +7,15 @@ Variants (same sizes; random weights, since only speed is measured):
     sparse-gin   the standard model, frozen, with ginformer.adapter's Sparse-GIN branch in every layer
 Every variant generates exactly --new-tokens tokens (no end-of-sequence token) after a random prompt. Before
 timing, each variant's cached greedy output is checked against an uncached run (fast but wrong is not fast).
+With --compiled-static, a second table times each of COMPILED_STATIC_VARIANTS twice, side by side: eager with the
+default (dynamic) cache, and with a static cache whose decoding steps generate compiles (transformers' own
+compile_config path, which a GPU takes by itself); its check is static-compiled tokens == eager tokens.
 With --smollm2 the base is a LlamaForCausalLM of SmolLM2-135M's shape (30 layers unless --layers, hidden 576,
 9 query / 3 key-value heads, FFN 1536, vocabulary 49,152; random weights), and only standard and sparse-gin run.
 
     python bench/generation.py                    # batch 1, prompt 64, 128 new tokens
     python bench/generation.py --smollm2 --new-tokens 64
+    python bench/generation.py --compiled-static --variants standard gin pna
 """
 
 import argparse
@@ -28,11 +32,13 @@ from common import (
     smollm2_config,
     time_side_by_side,
 )
-from transformers import LlamaForCausalLM
+from transformers import CompileConfig, LlamaForCausalLM
 
 from ginformer.adapter import SparseGINConfig, get_sparse_gin_model
 
 VARIANTS = ("standard", "gin", "pna", "sparse-gin")
+# The variants --compiled-static times; an adapted model whose cache follows a static cache is one more name here.
+COMPILED_STATIC_VARIANTS = ("standard", "gin", "pna")
 
 
 def build_variant(name: str, args: argparse.Namespace, device: torch.device, dtype: torch.dtype):
@@ -50,9 +56,41 @@ def build_variant(name: str, args: argparse.Namespace, device: torch.device, dty
     return model
 
 
-def greedy(model, prompt: torch.Tensor, new_tokens: int, use_cache: bool = True) -> torch.Tensor:
+def greedy(model, prompt: torch.Tensor, new_tokens: int, use_cache: bool = True, **options) -> torch.Tensor:
     with torch.no_grad():
-        return model.generate(prompt, max_new_tokens=new_tokens, do_sample=False, use_cache=use_cache)
+        return model.generate(prompt, max_new_tokens=new_tokens, do_sample=False, use_cache=use_cache, **options)
+
+
+def static_compiled(device: torch.device) -> dict:
+    """generate's options for a static cache with compiled decoding steps: transformers' default CompileConfig,
+    which generate applies by itself on CUDA; _compile_all_devices asks for it on CPU (the prefill stays eager)."""
+    compile_config = CompileConfig()
+    compile_config._compile_all_devices = device.type != "cuda"
+    return dict(cache_implementation="static", compile_config=compile_config)
+
+
+def compiled_static_table(models: dict, prompt: torch.Tensor, args: argparse.Namespace, device: torch.device) -> list:
+    """Eager default-cache against compiled static-cache generation, per model, timed round-robin in one run."""
+    static = static_compiled(device)
+    steps = {}
+    for name, model in models.items():
+        steps[f"{name} eager"] = lambda model=model: greedy(model, prompt, args.new_tokens)
+        steps[f"{name} static"] = lambda model=model: greedy(model, prompt, args.new_tokens, **static)
+    # The first static call compiles (tens of seconds per model on CPU): time_side_by_side's warm-up absorbs it.
+    seconds = time_side_by_side(steps, device, repeats=args.repeats)
+    rows, results = [], []
+    for name, model in models.items():
+        eager, compiled = seconds[f"{name} eager"], seconds[f"{name} static"]
+        same = torch.equal(greedy(model, prompt, args.new_tokens, **static), greedy(model, prompt, args.new_tokens))
+        rows.append([name, eager * 1000, compiled * 1000, compiled / eager, "yes" if same else "NO"])
+        results.append(dict(variant=name, eager_seconds=eager, static_compiled_seconds=compiled, tokens_match=same))
+    print_table(
+        f"greedy generation, eager with the default cache against compiled with a static cache, median of "
+        f"{args.repeats} (round-robin)",
+        ["variant", "eager ms", "static compiled ms", "static compiled × eager", "same tokens"],
+        rows,
+    )
+    return results
 
 
 def main() -> None:
@@ -67,6 +105,11 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=None, choices=VARIANTS)
     parser.add_argument("--smollm2", action="store_true", help="SmolLM2-135M's shape; variants standard, sparse-gin")
     parser.add_argument("--name", default="generation", help="the JSON copy's name: <--out>/<name>.json")
+    parser.add_argument(
+        "--compiled-static",
+        action="store_true",
+        help=f"also time compiled static-cache against eager default-cache generation ({', '.join(COMPILED_STATIC_VARIANTS)})",
+    )
     args = add_common_args(parser).parse_args()
     args.layers = args.layers or (30 if args.smollm2 else 4)
     args.variants = args.variants or (["standard", "sparse-gin"] if args.smollm2 else list(VARIANTS))
@@ -108,7 +151,11 @@ def main() -> None:
         ["variant", "ms", "tokens/s", "time × standard", f"cached == uncached ({check_tokens} tokens)"],
         rows,
     )
-    save_results(args, args.name, {"rows": results})
+    compiled_static = []
+    if args.compiled_static:
+        chosen = {name: model for name, model in models.items() if name in COMPILED_STATIC_VARIANTS}
+        compiled_static = compiled_static_table(chosen, prompt, args, device)
+    save_results(args, args.name, {"rows": results, "compiled_static_rows": compiled_static})
 
 
 if __name__ == "__main__":

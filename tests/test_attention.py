@@ -1,5 +1,6 @@
 import pytest
 import torch
+from transformers import DynamicCache, StaticCache
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
 from ginformer import GinformerConfig, GinformerForCausalLM
@@ -141,6 +142,40 @@ def test_external_adjacency_reaches_the_output_causally():
     torch.testing.assert_close(plain[:, :4], with_edge[:, :4])
     assert not torch.allclose(plain[:, 4:], with_edge[:, 4:])
     torch.testing.assert_close(with_edge, with_future_edge)
+
+
+@pytest.mark.parametrize("cache_argument", ["cache", "past_key_values"])
+@pytest.mark.parametrize(
+    "kind,option",
+    [("gin", "fast_softmax"), ("gin", "sigmoid"), ("gin", "relu"), ("gin", "top_k"), ("pna", "sharp_softplus"),
+     ("pna", "threshold"), ("pna", "all_pna_aggregators")],
+)
+def test_static_cache_empty_slots_are_never_edges(kind, option, cache_argument):
+    """A static cache hands the layer its whole buffer: the slots after the queries hold zero keys and features,
+    which sigmoid, softplus and ReLU would weigh > 0 and PNA's max, min, mean and degree would count. Neither in a
+    prompt nor in a decoding step (no mask either time) do they get an edge: the outputs are the uncached layer's.
+    The cache arrives under its transformers ≥ 5.24 name (cache) or its earlier one (past_key_values)."""
+    config = tiny_config(kind, **OPTIONS[option])
+    layer = attention_layer(config)
+    hidden, (cos, sin) = layer_inputs(config, length=8)
+    cache = StaticCache(config=config, max_cache_len=12)
+    with torch.no_grad():
+        uncached, _ = layer(hidden, (cos, sin))
+        prompt, adjacency = layer(hidden[:, :7], (cos[:, :7], sin[:, :7]), **{cache_argument: cache})
+        step, _ = layer(hidden[:, 7:], (cos[:, 7:], sin[:, 7:]), **{cache_argument: cache})
+    if adjacency is not None:  # the dense paths
+        assert adjacency.shape[-1] == 12 and adjacency[..., :7].any()
+        assert not adjacency[..., 7:].any()
+    torch.testing.assert_close(prompt, uncached[:, :7], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(step, uncached[:, 7:], atol=1e-5, rtol=1e-5)
+
+
+def test_a_cache_under_an_unknown_name_is_refused():
+    """Were transformers to rename the cache argument again, the layer must not silently run without it."""
+    config = tiny_config("gin")
+    hidden, position_embeddings = layer_inputs(config)
+    with pytest.raises(TypeError, match="kv_cache"):
+        attention_layer(config)(hidden, position_embeddings, kv_cache=DynamicCache(config=config))
 
 
 @pytest.mark.parametrize("option", ["fast_softmax", "gqa", "sigmoid", "top_k"])

@@ -10,6 +10,16 @@ def test_causal_mask_offsets_queries_to_the_end():
     assert torch.equal(graph.causal_mask(4, 4), torch.tril(torch.ones(4, 4, dtype=torch.bool)))
 
 
+@pytest.mark.parametrize("first_query", [1, torch.tensor(1)], ids=["int", "tensor"])
+def test_causal_mask_places_queries_at_first_query(first_query):
+    """A static cache's prefill: 2 queries at slots 1 and 2 of a 5-slot buffer; the empty slots 3, 4 are no edge."""
+    mask = graph.causal_mask(2, 5, first_query=first_query)
+    assert mask.tolist() == [[True, True, False, False, False], [True, True, True, False, False]]
+    padding = torch.tensor([False, True, True, True, True]).expand(1, 1, 2, 5)  # (B, 1, T_q, T_k): slot 0 is padding
+    allowed = graph.allowed_edges(padding, 2, 5, torch.device("cpu"), first_query=first_query)
+    assert allowed.tolist() == [[[False, True, False, False, False], [False, True, True, False, False]]]
+
+
 @pytest.mark.parametrize("activation", graph.ACTIVATIONS)
 def test_activations_are_non_negative_and_causal(activation):
     scores = torch.randn(2, 3, 6, 6)

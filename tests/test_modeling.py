@@ -1,6 +1,7 @@
 import pytest
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+from torch._dynamo.utils import counters
+from transformers import AutoConfig, AutoModelForCausalLM, CompileConfig, LlamaConfig, LlamaForCausalLM, StaticCache
 
 from ginformer import GinformerConfig, GinformerForCausalLM, count_parameters, size_config
 from ginformer.attention import GINAttention, PNAAttention
@@ -10,6 +11,47 @@ from test_attention import OPTIONS, tiny_config
 GENERATION_CASES = [("standard", "fast_softmax")] + [
     (kind, name) for kind in ("gin", "pna") for name in ("fast_softmax", "sigmoid", "top_k", "hidden_slice", "gqa")
 ]
+# Every adjacency activation and refinement, since each treats a static cache's empty slots (zero keys) its own way.
+STATIC_CACHE_CASES = [("standard", "fast_softmax")] + [
+    (kind, name)
+    for kind in ("gin", "pna")
+    for name in ("fast_softmax", "sigmoid", "sharp_softplus", "relu", "threshold", "top_k", "gqa", "hidden_slice")
+] + [("pna", "all_pna_aggregators")]
+
+
+def generation_model(kind: str, option: str) -> GinformerForCausalLM:
+    config = tiny_config(kind, **OPTIONS[option])
+    torch.manual_seed(1)
+    model = GinformerForCausalLM(config).eval()
+    with torch.no_grad():  # make the graph branch matter: GIN/PNA outputs are small at init
+        for name, parameter in model.named_parameters():
+            if "mlp.w_" in name:
+                parameter.mul_(20)
+    return model
+
+
+def prompt_batch(config, padded: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two prompts of 6 tokens, or of 6 and 4 with the shorter left-padded as generate wants a batch: ids and mask.
+    Without padding transformers hands a static cache's prefill no mask; with padding it builds one."""
+    generator = torch.Generator().manual_seed(2)
+    mask = torch.ones(2, 6, dtype=torch.long)
+    mask[1, :2] = 0 if padded else 1
+    prompt = torch.randint(1, config.vocab_size, (2, 6), generator=generator) * mask  # pad id 0
+    return prompt, mask
+
+
+def greedy(model, prompt, mask, **options):
+    return model.generate(
+        prompt, attention_mask=mask, max_new_tokens=10, do_sample=False, pad_token_id=0,
+        return_dict_in_generate=True, output_logits=True, **options,
+    )
+
+
+def assert_same_generation(got, want) -> None:
+    """Identical greedy tokens, and logits that agree at every step, not just in their argmax."""
+    assert torch.equal(got.sequences, want.sequences)
+    for got_logits, want_logits in zip(got.logits, want.logits, strict=True):
+        torch.testing.assert_close(got_logits, want_logits, atol=1e-5, rtol=1e-5)
 
 
 def test_standard_kind_is_exactly_llama():
@@ -50,13 +92,8 @@ def test_save_and_auto_load_give_identical_logits(kind, tmp_path):
 
 @pytest.mark.parametrize("kind,option", GENERATION_CASES)
 def test_cached_generation_equals_uncached(kind, option):
-    config = tiny_config(kind, **OPTIONS[option])
-    torch.manual_seed(1)
-    model = GinformerForCausalLM(config).eval()
-    with torch.no_grad():  # make the graph branch matter: GIN/PNA outputs are small at init
-        for name, parameter in model.named_parameters():
-            if "mlp.w_" in name:
-                parameter.mul_(20)
+    model = generation_model(kind, option)
+    config = model.config
     prompt = torch.randint(0, config.vocab_size, (2, 5))
     settings = dict(max_new_tokens=12, do_sample=False, pad_token_id=0)
     cached = model.generate(prompt, use_cache=True, **settings)
@@ -70,6 +107,69 @@ def test_cached_generation_equals_uncached(kind, option):
     torch.testing.assert_close(step, full[:, 7:9], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("padded", [True, False], ids=["left_padded", "unpadded"])
+@pytest.mark.parametrize("kind,option", STATIC_CACHE_CASES)
+def test_static_cache_generation_equals_uncached(kind, option, padded):
+    """A static cache (a buffer filled from slot 0, empty slots last) generates what the default cache and the
+    uncached model generate."""
+    model = generation_model(kind, option)
+    prompt, mask = prompt_batch(model.config, padded)
+    with torch.no_grad():
+        uncached = greedy(model, prompt, mask, use_cache=False)
+        default = greedy(model, prompt, mask)
+        static = greedy(model, prompt, mask, cache_implementation="static")
+    assert isinstance(static.past_key_values, StaticCache)
+    assert_same_generation(default, uncached)
+    assert_same_generation(static, uncached)
+
+
+@pytest.mark.parametrize("kind", ["gin", "pna"])
+def test_static_cache_refuses_more_node_heads_than_key_heads(kind):
+    """hidden_slice with GQA caches H node heads beside H_kv key heads; a static cache allocates H_kv for both."""
+    model = generation_model(kind, "gqa_hidden_slice")
+    prompt, mask = prompt_batch(model.config)
+    with pytest.raises(ValueError, match="hidden_slice.*default cache"):
+        greedy(model, prompt, mask, cache_implementation="static")
+
+
+@pytest.mark.parametrize("kind,option", [("standard", "fast_softmax"), ("gin", "fast_softmax"), ("gin", "relu"),
+                                         ("gin", "top_k"), ("pna", "fast_softmax"), ("pna", "sigmoid")])
+def test_static_cache_prefill_is_causal(kind, option):
+    """Changing token 5 changes no logit before position 5 when the prompt fills a static cache (transformers hands
+    the layers no mask there), and the logits are the uncached forward's."""
+    model = generation_model(kind, option)
+    tokens = torch.randint(0, model.config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(3))
+    changed = tokens.clone()
+    changed[:, 5] = (changed[:, 5] + 1) % model.config.vocab_size
+
+    def static_cache_logits(ids):
+        return model(ids, past_key_values=StaticCache(config=model.config, max_cache_len=16), use_cache=True).logits
+
+    with torch.no_grad():
+        before, after = static_cache_logits(tokens), static_cache_logits(changed)
+        uncached = model(tokens, use_cache=False).logits
+    torch.testing.assert_close(before[:, :5], after[:, :5], atol=1e-6, rtol=0)
+    assert not torch.allclose(before[:, 5:], after[:, 5:])
+    torch.testing.assert_close(before, uncached, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind,option", [("standard", "fast_softmax"), ("gin", "fast_softmax"), ("pna", "fast_softmax")])
+def test_compiled_static_cache_generation_equals_uncached(kind, option):
+    """generate's own torch.compile of the decoding steps, which a static cache gets by default on a GPU
+    (_compile_all_devices asks for it on CPU, as transformers' own tests do): the same tokens and logits."""
+    model = generation_model(kind, option)
+    prompt, mask = prompt_batch(model.config)
+    compile_config = CompileConfig(fullgraph=True, mode="default")
+    compile_config._compile_all_devices = True
+    graphs_before = counters["stats"]["unique_graphs"]
+    with torch.no_grad():
+        uncached = greedy(model, prompt, mask, use_cache=False)
+        compiled = greedy(model, prompt, mask, cache_implementation="static", compile_config=compile_config)
+    assert counters["stats"]["unique_graphs"] > graphs_before  # the decoding steps did run compiled
+    assert_same_generation(compiled, uncached)
+
+
 @pytest.mark.parametrize(
     "options,field",
     [
@@ -80,6 +180,7 @@ def test_cached_generation_equals_uncached(kind, option):
         (dict(adjacency_activation="tanh"), "adjacency_activation"),
         (dict(refinement="dropout"), "refinement"),
         (dict(adjacency_top_k=0), "adjacency_top_k"),
+        (dict(refinement="threshold", refinement_threshold=-0.1), "refinement_threshold"),
         (dict(gin_mlp_multiplier=0.0), "gin_mlp_multiplier"),
         (dict(gin_mlp_multiplier=-1.0), "gin_mlp_multiplier"),
         (dict(gin_self_term="two"), "gin_self_term"),
@@ -127,3 +228,18 @@ def test_size_config_rejects_unreachable_targets():
     base = tiny_config("gin")
     with pytest.raises(ValueError, match="target_params"):
         size_config(base, 10, tolerance=0.01)
+
+
+@pytest.mark.slow
+def test_static_cache_generation_with_a_compiled_forward_equals_uncached():
+    """model.forward through torch.compile compiles the prefill as well, where the cache's count of tokens is a
+    traced tensor: a dense PNA layer (sigmoid adjacency) generates the uncached model's tokens and logits."""
+    model = generation_model("pna", "sigmoid")
+    prompt, mask = prompt_batch(model.config, padded=False)
+    graphs_before = counters["stats"]["unique_graphs"]
+    with torch.no_grad():
+        uncached = greedy(model, prompt, mask, use_cache=False)
+        model.forward = torch.compile(model.forward, fullgraph=True)
+        compiled = greedy(model, prompt, mask, cache_implementation="static")
+    assert counters["stats"]["unique_graphs"] > graphs_before
+    assert_same_generation(compiled, uncached)

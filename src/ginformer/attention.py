@@ -12,7 +12,8 @@ Standard attention aggregates values linearly, Y_h = A_h·V_h. Here the same adj
 
 Both classes subclass ``LlamaAttention`` and keep its projections, RoPE and KV cache; they replace only the
 aggregation. The KV cache stores the node features X in the value slot, so cached generation sees exactly the
-features an uncached forward would.
+features an uncached forward would. A cache may return more key slots than tokens seen (a static cache returns its
+whole buffer): the edges follow the cache's own count of tokens, so no query sees a later slot, filled or empty.
 """
 
 import functools
@@ -21,6 +22,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from transformers.cache_utils import Cache
 from transformers.models.llama.modeling_llama import LlamaAttention, apply_rotary_pos_emb, repeat_kv
 
 from ginformer import graph
@@ -32,9 +34,21 @@ from ginformer.gnn import HeadwiseMLP, gin_aggregate, pna_aggregate
 COMPILE_MIN_QUERIES = 64
 
 
-def allowed_edges(attention_mask: torch.Tensor | None, t_q: int, t_k: int, device: torch.device) -> torch.Tensor:
+def allowed_edges(
+    attention_mask: torch.Tensor | None, t_q: int, t_k: int, first_query: int | torch.Tensor, device: torch.device
+) -> torch.Tensor:
     """(B or 1, 1, T_q, T_k): :func:`ginformer.graph.allowed_edges` with a head axis to broadcast over."""
-    return graph.allowed_edges(attention_mask, t_q, t_k, device)[:, None]
+    return graph.allowed_edges(attention_mask, t_q, t_k, device, first_query=first_query)[:, None]
+
+
+def layer_cache(cache: Cache | None, past_key_values: Cache | None, kwargs: dict) -> Cache | None:
+    """The KV cache that transformers hands an attention layer: ``cache`` from transformers 5.24 on,
+    ``past_key_values`` before (a deprecated alias until 5.40). A Cache under any other name means the API moved
+    again: raise, rather than run uncached and generate other tokens without a word."""
+    stray = [name for name, value in kwargs.items() if isinstance(value, Cache)]
+    if stray:
+        raise TypeError(f"graph attention got a KV cache as {stray}, a name it does not know (cache, past_key_values)")
+    return cache if cache is not None else past_key_values
 
 
 def logit(probability: float) -> float:
@@ -64,16 +78,31 @@ class GraphAttention(LlamaAttention):
         hidden_states: torch.Tensor,
         position_embeddings: tuple[torch.Tensor, torch.Tensor],
         attention_mask: torch.Tensor | None = None,
-        past_key_values=None,
+        cache: Cache | None = None,
         graph_adjacency: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         bsz, t_q, _ = hidden_states.shape
-        query, key, nodes = self.project(hidden_states, position_embeddings)
-        if past_key_values is not None:
-            key, nodes = past_key_values.update(key, nodes, self.layer_idx)  # (B, ·, T_k, D)
+        query, key, step_nodes = self.project(hidden_states, position_embeddings)
+        cache = layer_cache(cache, past_key_values, kwargs)
+        nodes, first_query = step_nodes, 0
+        if cache is not None:
+            if step_nodes.shape[1] != key.shape[1] and cache.is_compileable:
+                raise ValueError(
+                    f"node_features='hidden_slice' keeps {step_nodes.shape[1]} node heads beside {key.shape[1]} "
+                    "key-value heads, and a static cache sizes its value buffer by the keys: generate with the "
+                    "default cache, or use num_key_value_heads == num_attention_heads"
+                )
+            key, nodes = cache.update(key, step_nodes, self.layer_idx)  # (B, ·, T_k, D)
+            # The cache now holds first_query + T_q tokens, this step's in the slots after the earlier ones: the
+            # last T_q slots of a growing cache, the first free ones of a static cache's buffer (an int, or a
+            # 0-dim tensor for a static cache, so that a compiled step need not read it).
+            first_query = cache.get_seq_length(self.layer_idx) - t_q
 
-        output, adjacency = self.aggregate(query, key, nodes, attention_mask, graph_adjacency)  # (B, H, T_q, D)
+        output, adjacency = self.aggregate(
+            query, key, nodes, step_nodes, attention_mask, first_query, graph_adjacency
+        )  # (B, H, T_q, D)
         output = output.transpose(1, 2).reshape(bsz, t_q, -1)  # (B, T_q, H·D)
         return self.o_proj(output), adjacency
 
@@ -94,7 +123,7 @@ class GraphAttention(LlamaAttention):
         """The layer's adjacency A' (B, H, T, T) for a whole sequence, for inspection; forward never needs it whole
         on the fast path."""
         query, key, _ = self.project(hidden_states, position_embeddings)
-        return self.dense_adjacency(query, key, attention_mask, graph_adjacency)
+        return self.dense_adjacency(query, key, attention_mask, 0, graph_adjacency)
 
     def per_head(self, tensor: torch.Tensor) -> torch.Tensor:
         """(B, H_kv or H, T, D) → (B, H, T, D): key/value heads shared by a query group are repeated."""
@@ -105,11 +134,12 @@ class GraphAttention(LlamaAttention):
         query: torch.Tensor,
         key: torch.Tensor,
         attention_mask: torch.Tensor | None,
+        first_query: int | torch.Tensor,
         graph_adjacency: torch.Tensor | None,
     ) -> torch.Tensor:
         """The full pipeline of :mod:`ginformer.graph`, materialised as (B, H, T_q, T_k)."""
         config = self.config
-        allowed = allowed_edges(attention_mask, query.shape[-2], key.shape[-2], query.device)
+        allowed = allowed_edges(attention_mask, query.shape[-2], key.shape[-2], first_query, query.device)
         scores = (query @ self.per_head(key).transpose(-1, -2)) * self.scaling  # (B, H, T_q, T_k)
         adjacency = graph.activate(
             scores,
@@ -124,19 +154,19 @@ class GraphAttention(LlamaAttention):
         )
         return graph.add_external(adjacency, graph_adjacency, allowed)
 
-    def softmax_messages(self, query, key, nodes, attention_mask, sharpening) -> torch.Tensor:
-        """softmax(α·q·kᵀ/√d)·X through SDPA with α folded into q: no (T_q, T_k) matrix is kept."""
+    def softmax_messages(self, query, key, nodes, attention_mask, first_query, sharpening) -> torch.Tensor:
+        """softmax(α·q·kᵀ/√d)·X through SDPA with α folded into q: no (T_q, T_k) matrix is kept.
+
+        Without a mask, and with the queries the last T_q keys, SDPA's own causal flag (T_q = T_k) or no mask at
+        all (T_q = 1) says what the graph's edges say. Anywhere else the edges go as a (T_q, T_k) mask: e.g. a
+        static cache's prefill, where transformers hands no mask although the buffer's empty slots come last.
+        """
         t_q, t_k = query.shape[-2], key.shape[-2]
-        mask, is_causal = attention_mask, False
-        if mask is None:
-            if t_q == t_k:
-                is_causal = True
-            elif t_q > 1:
-                mask = graph.causal_mask(t_q, t_k, query.device)
-        elif mask.dtype == torch.bool:
-            mask = mask[..., -t_q:, -t_k:]
+        plain = attention_mask is None and isinstance(first_query, int) and first_query == t_k - t_q
+        if plain and t_q in (1, t_k):
+            mask, is_causal = None, t_q > 1
         else:
-            mask = mask[..., -t_q:, -t_k:].to(query.dtype)
+            mask, is_causal = allowed_edges(attention_mask, t_q, t_k, first_query, query.device), False
         return F.scaled_dot_product_attention(
             query * sharpening,
             self.per_head(key),
@@ -151,7 +181,12 @@ class GraphAttention(LlamaAttention):
         """Attention dropout on a dense adjacency during training, as Llama drops attention weights."""
         return F.dropout(adjacency, self.attention_dropout, self.training) if self.attention_dropout else adjacency
 
-    def aggregate(self, query, key, nodes, attention_mask, graph_adjacency):
+    def aggregate(self, query, key, nodes, step_nodes, attention_mask, first_query, graph_adjacency):
+        """The layer's output (B, H, T_q, D) and its dense adjacency, or None where none was built.
+
+        ``nodes`` are the node features of every key slot (B, H_kv or H, T_k, D), ``step_nodes`` those of this
+        step's queries (B, H_kv or H, T_q, D), and query row i sits at key slot ``first_query + i``.
+        """
         raise NotImplementedError
 
 
@@ -178,16 +213,16 @@ class GINAttention(GraphAttention):
     def uses_fast_path(self) -> bool:
         return self.config.adjacency_activation == "softmax" and self.config.refinement == "none"
 
-    def aggregate(self, query, key, nodes, attention_mask, graph_adjacency):
-        t_q = query.shape[-2]
-        x_self = self.per_head(nodes[..., -t_q:, :])  # (B, H, T_q, D)
+    def aggregate(self, query, key, nodes, step_nodes, attention_mask, first_query, graph_adjacency):
+        x_self = self.per_head(step_nodes)  # (B, H, T_q, D)
         if not self.uses_fast_path:
-            adjacency = self.dense_adjacency(query, key, attention_mask, graph_adjacency)  # (B, H, T_q, T_k)
+            adjacency = self.dense_adjacency(query, key, attention_mask, first_query, graph_adjacency)  # (B, H, T_q, T_k)
             messages = gin_aggregate(x_self, self.per_head(nodes), self.drop_edges(adjacency), self.self_weight)
             return self.mlp(messages), adjacency
-        neighbours = self.softmax_messages(query, key, nodes, attention_mask, self.sharpening.to(query.dtype))  # (B, H, T_q, D)
+        sharpening = self.sharpening.to(query.dtype)
+        neighbours = self.softmax_messages(query, key, nodes, attention_mask, first_query, sharpening)  # (B, H, T_q, D)
         if graph_adjacency is not None:
-            allowed = allowed_edges(attention_mask, t_q, key.shape[-2], query.device)
+            allowed = allowed_edges(attention_mask, query.shape[-2], key.shape[-2], first_query, query.device)
             external = graph.external_edges(graph_adjacency.to(query.dtype), allowed)  # (B, 1 or H, T_q, T_k)
             neighbours = neighbours + external @ self.per_head(nodes)
         # The same sum as gnn.gin_aggregate, with A'·X computed by SDPA.
@@ -217,15 +252,15 @@ class PNAAttention(GraphAttention):
     def blend(self) -> torch.Tensor:
         return torch.sigmoid(self.blend_logit)
 
-    def aggregate(self, query, key, nodes, attention_mask, graph_adjacency):
+    def aggregate(self, query, key, nodes, step_nodes, attention_mask, first_query, graph_adjacency):
         long_enough = query.shape[-2] >= COMPILE_MIN_QUERIES
         if self.config.pna_compile and long_enough and not torch.compiler.is_compiling():
-            return _compiled_pna_aggregate()(self, query, key, nodes, attention_mask, graph_adjacency)
-        return self.eager_aggregate(query, key, nodes, attention_mask, graph_adjacency)
+            return _compiled_pna_aggregate()(self, query, key, nodes, attention_mask, first_query, graph_adjacency)
+        return self.eager_aggregate(query, key, nodes, attention_mask, first_query, graph_adjacency)
 
-    def eager_aggregate(self, query, key, nodes, attention_mask, graph_adjacency):
+    def eager_aggregate(self, query, key, nodes, attention_mask, first_query, graph_adjacency):
         config = self.config
-        adjacency = self.dense_adjacency(query, key, attention_mask, graph_adjacency)  # (B, H, T_q, T_k)
+        adjacency = self.dense_adjacency(query, key, attention_mask, first_query, graph_adjacency)  # (B, H, T_q, T_k)
         features = pna_aggregate(
             self.per_head(nodes),
             self.drop_edges(adjacency),
@@ -234,7 +269,7 @@ class PNAAttention(GraphAttention):
             config.pna_degree_delta,
             causal=True,
         )  # (B, H, T_q, S·G·D)
-        standard = self.softmax_messages(query, key, nodes, attention_mask, 1.0)  # (B, H, T_q, D)
+        standard = self.softmax_messages(query, key, nodes, attention_mask, first_query, 1.0)  # (B, H, T_q, D)
         blend = self.blend.to(query.dtype)
         return (1 - blend) * standard + blend * self.mlp(features), adjacency
 

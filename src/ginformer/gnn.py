@@ -1,8 +1,9 @@
 """Message passing on dense, batched, weighted adjacency matrices: GIN and PNA aggregation, per-head MLPs.
 
-Conventions as in :mod:`ginformer.graph`: ``adjacency[..., i, j]`` weighs the message from node j to node i,
-node features are (..., T_k, D) and the receiving rows are the last T_q nodes. No function loops over heads:
-heads are a batch dimension.
+Conventions as in :mod:`ginformer.graph`: ``adjacency[..., i, j]`` weighs the message from node j to node i and
+node features are (..., T_k, D). A node j with A_ij = 0 is no neighbour of i: it adds nothing to any aggregate nor
+to the count n_i, so keys a mask excludes (the future, padding, a static cache's empty slots) are simply zeros of
+the adjacency. No function loops over heads: heads are a batch dimension.
 """
 
 import math
@@ -127,7 +128,8 @@ def pna_aggregate(
 
     x_nodes (..., T_k, D), adjacency (..., T_q, T_k) → (..., T_q, len(scalers)·len(aggregators)·D),
     ordered scaler-major, then aggregator, then feature. `causal` promises no edge j -> i for j > i + T_k − T_q
-    (attention graphs): max and min then skip the keys in every row's future.
+    (attention graphs; also true when the rows sit earlier, as in a static cache's buffer): max and min then skip
+    the keys after the last row's reach.
     """
     summed = adjacency @ x_nodes  # (..., T_q, D)
     weighted_degree = adjacency.sum(-1, keepdim=True).clamp_min(eps)  # (..., T_q, 1)

@@ -1,9 +1,11 @@
 """Attention as a graph: from query-key scores to a causal adjacency matrix.
 
 Every function here is pure. Tensors carry any leading batch dimensions, e.g. scores of shape (B, H, T_q, T_k).
-The queries are the *last* T_q of the T_k key positions (T_q < T_k while generating with a KV cache), so query row
-i sits at absolute position i + T_k - T_q. ``A[..., i, j]`` is the weight of the edge from key j to query i: the
-message that node i receives from node j.
+Key j sits at position j; query row i at position ``first_query + i``. By default the queries are the *last* T_q
+of the T_k keys (first_query = T_k − T_q: no cache, or a cache that grows, as transformers' DynamicCache). A
+static cache returns its whole preallocated buffer as keys, filled from the start: there first_query is the
+number of tokens cached before the step, and the slots after the queries are empty, which causality excludes.
+``A[..., i, j]`` is the weight of the edge from key j to query i: the message that node i receives from node j.
 
 The pipeline, with s = q·kᵀ/√d the scaled scores (paper, Eq. 2 and §2.1.2):
 
@@ -13,7 +15,7 @@ The pipeline, with s = q·kᵀ/√d the scaled scores (paper, Eq. 2 and §2.1.2)
                  relu: A = ReLU(s − τ)
     refinement   none | threshold: A' = ReLU(A − θ) | top_k: keep the k largest entries of each row
     external     A' = A' + A_ext                       (an adjacency supplied by the caller)
-    causality    A'[i, j] = 0 where j > i               (always, after every other step)
+    causality    A'[i, j] = 0 where j > first_query + i  (always, after every other step)
 """
 
 import torch
@@ -23,22 +25,40 @@ ACTIVATIONS = ("softmax", "sigmoid", "sharp_softplus", "relu")
 REFINEMENTS = ("none", "threshold", "top_k")
 
 
-def causal_mask(t_q: int, t_k: int, device: torch.device | str | None = None) -> torch.Tensor:
-    """Boolean (T_q, T_k) mask, True where key j may send to query i (j ≤ i + T_k − T_q)."""
-    rows = torch.arange(t_q, device=device)[:, None] + (t_k - t_q)
+def causal_mask(
+    t_q: int,
+    t_k: int,
+    device: torch.device | str | None = None,
+    *,
+    first_query: int | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Boolean (T_q, T_k) mask, True where key j may send to query i (j ≤ first_query + i).
+
+    ``first_query`` (an int, or a 0-dim tensor as a static cache counts its tokens) defaults to T_k − T_q.
+    """
+    if first_query is None:
+        first_query = t_k - t_q
+    rows = torch.arange(t_q, device=device)[:, None] + first_query
     return torch.arange(t_k, device=device)[None, :] <= rows
 
 
-def allowed_edges(attention_mask: torch.Tensor | None, q_len: int, k_len: int, device: torch.device) -> torch.Tensor:
+def allowed_edges(
+    attention_mask: torch.Tensor | None,
+    q_len: int,
+    k_len: int,
+    device: torch.device,
+    *,
+    first_query: int | torch.Tensor | None = None,
+) -> torch.Tensor:
     """Edges the attention mask permits, intersected with the causal constraint.  (B or 1, T_q, T_k) bool
 
-    allowed[b, i, j] = mask permits (b, i, j)  and  j <= i + (T_k - T_q)
+    allowed[b, i, j] = mask permits (b, i, j)  and  j <= first_query + i      (first_query: see causal_mask)
 
     `attention_mask` comes as transformers hands it to an attention function: None (plain causal,
     sdpa's is_causal path), bool (B, 1, T_q, T_k) with True = attend (sdpa), or float additive
     (B, 1, T_q, T_k) with 0 = attend and the dtype's minimum = masked (eager).
     """
-    causal = causal_mask(q_len, k_len, device)[None]  # (1, T_q, T_k)
+    causal = causal_mask(q_len, k_len, device, first_query=first_query)[None]  # (1, T_q, T_k)
     if attention_mask is None:
         return causal
     if attention_mask.dim() != 4 or attention_mask.shape[1] != 1 or attention_mask.shape[-2:] != (q_len, k_len):

@@ -111,6 +111,8 @@ class GinformerConfig(LlamaConfig):
             _check_choice("pna_scalers", name, PNA_SCALERS)
         if not self.pna_aggregators or not self.pna_scalers:
             raise ValueError("pna_aggregators and pna_scalers must each name at least one entry")
+        if self.refinement_threshold < 0:  # ReLU(A − θ) with θ < 0 would give every masked key (the future) an edge
+            raise ValueError(f"refinement_threshold must be >= 0, got {self.refinement_threshold}")
         if self.adjacency_top_k < 1:
             raise ValueError(f"adjacency_top_k must be >= 1, got {self.adjacency_top_k}")
         for field in ("gin_mlp_multiplier", "pna_mlp_multiplier", "sharpness_init", "pna_degree_delta"):
