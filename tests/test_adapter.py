@@ -282,9 +282,11 @@ def test_cached_greedy_generate_equals_uncached(arch):
 
 @pytest.mark.parametrize("arch", ["llama", "mistral"])  # mistral's window of 4 slides its static cache layers
 @pytest.mark.parametrize("placement", PLACEMENTS)
-def test_static_cache_generates_what_the_default_cache_generates(arch, placement):
+@pytest.mark.parametrize("padded", [True, False])  # unpadded, transformers hands the prefill no mask at all
+def test_static_cache_generates_what_the_default_cache_generates(arch, placement, padded):
     model = adapted(tiny(arch), placement=placement)
     ids, mask = batch(length=6)
+    mask = mask if padded else torch.ones_like(mask)
     settings = dict(attention_mask=mask, max_new_tokens=7, min_new_tokens=7, do_sample=False)
     settings.update(output_logits=True, return_dict_in_generate=True)
     default = model.generate(ids, **settings)

@@ -40,6 +40,8 @@ from transformers.cache_utils import (
     StaticSlidingWindowLayer,
 )
 
+from ginformer.graph import causal_mask
+
 from .adjacency import AttentionInputs
 from .config import SparseGINConfig
 from .host import TAP, WRAPPED, HostLayer, HostMismatch, decoder_layers, family, probe, unprobed
@@ -95,15 +97,30 @@ class _SparseGINTap:
         index = self.host.index
         if self.attention is None:
             raise RuntimeError(f"layer {index}: its attention did not run through the Sparse-GIN attention")
-        extend = None
+        extend, attention = None, self.attention
         if self.cache is not None:
             extend = partial(_extend_features, self.cache, index, self.shared.num_layers)
+            attention = _positioned(attention, self.cache, getattr(self.host.attention, "layer_idx", index))
         captured = self.shared.captured
-        delta, graph = self.adapter(x, self.attention, extend, self.shared.graph_adjacency, captured is not None)
+        delta, graph = self.adapter(x, attention, extend, self.shared.graph_adjacency, captured is not None)
         if captured is not None:
             captured.append(LayerGraph(index, *(tensor.detach() for tensor in graph)))
         self.attention = None
         return delta
+
+
+def _positioned(attention: AttentionInputs, cache: Cache, layer_idx: int) -> AttentionInputs:
+    """The attention inputs with a mask that places the queries where a static cache put them.
+
+    Without a mask the graph takes the queries to be the last T_q keys, true of a growing cache. A static cache
+    returns its whole buffer, filled from slot 0, and transformers passes no mask for an unpadded prefill into it:
+    there query i sits at slot first + i, and the later slots are empty."""
+    if attention.mask is not None or not isinstance(cache.layers[layer_idx], StaticLayer):
+        return attention
+    q_len, k_len = attention.query.shape[-2], attention.key.shape[-2]
+    first = cache.layers[layer_idx].get_seq_length() - q_len  # the cache's count after this step's update
+    mask = causal_mask(q_len, k_len, attention.query.device, first_query=first)
+    return attention._replace(mask=mask[None, None])  # (1, 1, T_q, T_k)
 
 
 def _feature_layer(mirrored: Any) -> Any:
