@@ -13,6 +13,7 @@ G is an optional external graph (zero when absent). No function here ever holds 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import torch
@@ -36,24 +37,22 @@ def self_edges(q_len: int, k_len: int, device: torch.device | None = None) -> Te
     return torch.arange(k_len, device=device)[None, :] == rows
 
 
-def head_aggregated_attention(
-    query: Tensor, key: Tensor, attention_mask: Tensor | None, scaling: float, aggregation: str = "sum"
-) -> tuple[Tensor, Tensor]:
-    """Aggregate a layer's per-head attention probabilities into one adjacency, head group by head group.
+def attention_probabilities(
+    query: Tensor, key: Tensor, attention_mask: Tensor | None, scaling: float, rows: int | None = None
+) -> Iterator[tuple[int, Tensor]]:
+    """A layer's per-head attention probabilities, a block of query rows at a time.
 
-    A_agg = min(1, Σ_h A_h) ("sum"),  (1/H) Σ_h A_h ("mean"),  max_h A_h ("max"),  0 on forbidden edges,
-    with A_h = softmax_j(q_h,i · k_g(h),j · scaling + mask_ij) and g(h) = h // (H / H_kv) the key head
-    that query head h shares under grouped-query attention (what `repeat_kv` does, without copying).
+    A_h = softmax_j(q_h,i · k_g(h),j · scaling + mask_ij), 0 on forbidden edges (fully masked rows included),
+    with g(h) = h // (H / H_kv) the key head that query head h shares under grouped-query attention (what
+    `repeat_kv` does, without copying).
 
-    Query rows are processed in chunks of ceil(T_q / H) so the largest temporary, the scores of one
-    chunk for all heads, has B·H·ceil(T_q/H)·T_k ≈ B·T_q·T_k entries: memory stays O(B·T_q·T_k). A chunk's
-    queries cannot see keys after its last query (every mask here is causal), so its scores stop at that
-    key: half the T_q·T_k work when T_q = T_k.
+    Yields (start, probs) per block of ``rows`` query rows (default ceil(T_q / H), so that the scores of one block
+    for all heads have B·H·ceil(T_q/H)·T_k ≈ B·T_q·T_k entries: memory stays O(B·T_q·T_k)). probs is
+    (B, H, c, visible): a block's queries cannot see keys after its last query (every mask here is causal), so its
+    scores stop at that key, visible = start + c + (T_k − T_q): half the T_q·T_k work when T_q = T_k.
 
-    query: (B, H, T_q, D); key: (B, H_kv, T_k, D) -> (A_agg (B, T_q, T_k) float32, allowed (B|1, T_q, T_k) bool)
+    query: (B, H, T_q, D); key: (B, H_kv, T_k, D), float32 inside whatever their dtype.
     """
-    if aggregation not in ("sum", "mean", "max"):
-        raise ValueError(f"aggregation={aggregation!r}: allowed values are sum, mean, max")
     batch, heads, q_len, head_dim = query.shape
     kv_heads, k_len = key.shape[1], key.shape[2]
     if heads % kv_heads:
@@ -67,22 +66,39 @@ def head_aggregated_attention(
 
     q = query.float().reshape(batch, kv_heads, heads // kv_heads, q_len, head_dim)  # (B, H_kv, rep, T_q, D)
     k_t = key.float()[:, :, None].transpose(-1, -2)  # (B, H_kv, 1, D, T_k)
-    rows = -(-q_len // heads)
-    chunks = []
+    rows = rows or -(-q_len // heads)
     for start in range(0, q_len, rows):
         stop = min(start + rows, q_len)
-        visible = stop + k_len - q_len  # keys 0 .. visible-1: up to the chunk's last query position
+        visible = stop + k_len - q_len  # keys 0 .. visible-1: up to the block's last query position
         scores = q[:, :, :, start:stop] @ k_t[..., :visible] * scaling + bias[:, None, None, start:stop, :visible]
         probs = scores.softmax(dim=-1).flatten(1, 2)  # (B, H, c, visible)
+        yield start, probs * allowed[:, None, start:stop, :visible]
+
+
+def head_aggregated_attention(
+    query: Tensor, key: Tensor, attention_mask: Tensor | None, scaling: float, aggregation: str = "sum"
+) -> tuple[Tensor, Tensor]:
+    """Aggregate a layer's per-head attention probabilities (`attention_probabilities`) into one adjacency, a block
+    of query rows at a time.
+
+    A_agg = min(1, Σ_h A_h) ("sum"),  (1/H) Σ_h A_h ("mean"),  max_h A_h ("max"),  0 on forbidden edges.
+
+    query: (B, H, T_q, D); key: (B, H_kv, T_k, D) -> (A_agg (B, T_q, T_k) float32, allowed (B|1, T_q, T_k) bool)
+    """
+    if aggregation not in ("sum", "mean", "max"):
+        raise ValueError(f"aggregation={aggregation!r}: allowed values are sum, mean, max")
+    k_len = key.shape[2]
+    chunks = []
+    for _, probs in attention_probabilities(query, key, attention_mask, scaling):
         if aggregation == "sum":
             chunk = probs.sum(dim=1).clamp(max=1.0)
         elif aggregation == "mean":
             chunk = probs.mean(dim=1)
         else:
             chunk = probs.amax(dim=1)
-        chunks.append(torch.nn.functional.pad(chunk, (0, k_len - visible)))  # (B, c, T_k)
-    aggregated = torch.cat(chunks, dim=1) * allowed  # (B, T_q, T_k); fully masked rows become 0
-    return aggregated, allowed
+        chunks.append(torch.nn.functional.pad(chunk, (0, k_len - probs.shape[-1])))  # (B, c, T_k)
+    allowed = allowed_edges(attention_mask, query.shape[2], k_len, query.device)
+    return torch.cat(chunks, dim=1), allowed
 
 
 def sparse_adjacency(
