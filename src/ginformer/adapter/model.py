@@ -19,7 +19,7 @@ import contextlib
 import json
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -95,7 +95,7 @@ class _Shared:
     num_layers: int
     enabled: bool = True
     graph_adjacency: Tensor | None = None
-    captured: list[LayerGraph] | None = None
+    record: Callable[[LayerGraph], None] | None = None  # where capture_adjacency sends each layer's graph
 
 
 @dataclass
@@ -116,10 +116,10 @@ class _SparseGINTap:
         extend = None
         if self.cache is not None:
             extend = partial(_extend_features, self.cache, self.index, self.shared.num_layers)
-        captured = self.shared.captured
-        delta, graph = self.adapter(x, self.attention, extend, self.shared.graph_adjacency, captured is not None)
-        if captured is not None:
-            captured.append(LayerGraph(self.index, *(tensor.detach() for tensor in graph)))
+        record = self.shared.record
+        delta, graph = self.adapter(x, self.attention, extend, self.shared.graph_adjacency, record is not None)
+        if record is not None:
+            record(LayerGraph(self.index, *(tensor.detach() for tensor in graph)))
         self.attention = None
         return delta
 
@@ -334,13 +334,16 @@ class SparseGINModel(nn.Module):
             self._shared.enabled = True
 
     @contextlib.contextmanager
-    def capture_adjacency(self) -> Iterator[list[LayerGraph]]:
-        """Collect every layer's A_agg and A' (detached) for the forward calls made inside."""
-        self._shared.captured = []
+    def capture_adjacency(self, record: Callable[[LayerGraph], None] | None = None) -> Iterator[list[LayerGraph]]:
+        """Collect every layer's A_agg and A' (detached) for the forward calls made inside. With `record`, each
+        layer's graph goes to it as soon as the layer has run and the list stays empty: a long text's T×T graphs
+        need not all be held at once."""
+        captured: list[LayerGraph] = []
+        self._shared.record = record or captured.append
         try:
-            yield self._shared.captured
+            yield captured
         finally:
-            self._shared.captured = None
+            self._shared.record = None
 
     def adapter_scales(self) -> list[float]:
         """λ_k per decoder layer, for logging."""
