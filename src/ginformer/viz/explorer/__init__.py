@@ -54,20 +54,41 @@ class Capture:
 
 @dataclass
 class Page:
-    """An explorer page: its HTML, and what its data take."""
+    """An explorer page: its HTML, what it shows and what its data take."""
 
     html: str
+    captures: list[str]
+    """The names of the captures, side by side."""
+    layers: list[int]
+    """Every layer some capture keeps."""
+    heads: int
+    """Heads kept per layer (the most of any capture)."""
+    length: int
+    """Tokens in the text."""
+    window: tuple[int, int]
+    """The tokens kept at full resolution, stop exclusive."""
+    block: int | None
+    """Tokens per cell of the whole-text heatmaps (None: no overview)."""
     stored: int
     """Bytes of the matrices before compression (the bound the options set)."""
     embedded: int
     """Bytes of the matrices in the page: compressed, then base64."""
-    blobs: int
-    """Matrices blobs, decoded one at a time as the page needs them."""
 
     @property
     def size(self) -> int:
         """Bytes of the HTML file."""
         return len(self.html.encode())
+
+    @property
+    def summary(self) -> str:
+        """What the page holds, in a line."""
+        start, stop = self.window
+        overview = "" if not self.block or self.block == 1 else f", the whole text in cells of {self.block}×{self.block} tokens"
+        return (
+            f"{len(self.captures)} capture{'s' if len(self.captures) > 1 else ''} ({', '.join(self.captures)}) × "
+            f"{len(self.layers)} layers × {self.heads} heads, {self.length} tokens, tokens {start}–{stop - 1} at full "
+            f"resolution{overview}"
+        )
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -92,17 +113,20 @@ def explore(
     *,
     compare: tuple[str, object, object] | None = None,
     name: str = "model",
+    base_name: str | None = None,
     layers: Sequence[int] | None = None,
     window: tuple[int, int | None] | None = None,
     overview: int = DEFAULT_OVERVIEW,
     heads: Sequence[int] | None = None,
     precision: str = "uint8",
+    gamma: float = 0.5,
+    top_k: int = 3,
     progress: bool = True,
 ) -> Page:
     """Capture ``text`` in ``model`` and make its explorer page, from Python or a notebook.
 
-    A SparseGINModel is shown beside its base (the same model with its adapters switched off); ``compare`` =
-    (name, model, tokenizer) adds another model beside it instead. ``window`` defaults to the first
+    A SparseGINModel is shown beside its base (the same model with its adapters switched off, named ``base_name``,
+    default "<name> (base)"); ``compare`` = (name, model, tokenizer) adds another model beside it instead. ``window`` defaults to the first
     DEFAULT_WINDOW tokens; the other options are those of `attention_graphs` and `explorer_page`.
     """
     from ginformer.adapter import SparseGINModel
@@ -112,12 +136,13 @@ def explore(
     capture = dict(layers=layers, window=window, overview=overview, rollout=True, progress=progress)
     captures = []
     if compare is None and isinstance(model, SparseGINModel):
-        captures.append(Capture(f"{name} (base)", attention_graphs(model, tokenizer, text, with_adapter=False, **capture)))
+        base = attention_graphs(model, tokenizer, text, with_adapter=False, **capture)
+        captures.append(Capture(base_name or f"{name} (base)", base))
     captures.append(Capture(name, attention_graphs(model, tokenizer, text, **capture)))
     if compare is not None:
         other_name, other_model, other_tokenizer = compare
         captures.append(Capture(other_name, attention_graphs(other_model, other_tokenizer, text, **capture)))
-    return explorer_page(captures, heads=heads, precision=precision)
+    return explorer_page(captures, heads=heads, precision=precision, gamma=gamma, top_k=top_k)
 
 
 def explorer_page(
@@ -176,7 +201,17 @@ def explorer_page(
     }
     for marker, text in replacements.items():
         page = page.replace(marker, text)
-    return Page(page, store.stored, sum(len(payload) for payload in store.payloads), len(store.payloads))
+    return Page(
+        html=page,
+        captures=[capture.name for capture in captures],
+        layers=sorted({layer for capture in captures for layer in capture.graphs.layers}),
+        heads=max(len(entry["heads"]) for entry in described),
+        length=first.length,
+        window=(first.offset, first.offset + len(first.tokens)),
+        block=None if overview is None else overview.block,
+        stored=store.stored,
+        embedded=sum(len(payload) for payload in store.payloads),
+    )
 
 
 def _template(name: str) -> str:
@@ -192,13 +227,13 @@ def _check_same_text(first: AttentionGraphs, first_name: str, other: AttentionGr
     """Side by side means token by token: the same tokens, window and overview cells."""
     if first.text != other.text:
         raise ValueError(f"{first_name} and {other_name} were captured on different texts: side by side needs one text")
+    if first.offset != other.offset or len(first.tokens) != len(other.tokens):
+        raise ValueError(f"{first_name} and {other_name} keep different windows: capture both with the same window")
     if first.token_ids != other.token_ids or first.length != other.length:
         raise ValueError(
             f"{first_name} and {other_name} tokenize the text differently ({first.length} and {other.length} tokens): "
             "side by side needs the same tokenizer"
         )
-    if first.offset != other.offset:
-        raise ValueError(f"{first_name} and {other_name} keep different windows: capture both with the same window")
     blocks = [None if graphs.overview is None else graphs.overview.block for graphs in (first, other)]
     if blocks[0] != blocks[1]:
         raise ValueError(f"{first_name} and {other_name} have overviews of different resolutions: capture both alike")
