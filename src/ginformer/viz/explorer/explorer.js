@@ -152,11 +152,12 @@
     return VIRIDIS.subarray(3 * k, 3 * k + 3);
   }
 
-  function largest(matrix, first, count) {
-    // the largest |weight| among rows and columns first..first+count-1 of a matrix, 0 above the diagonal
+  function largest(matrix, first, count, diagonal = true) {
+    // the largest |weight| among rows and columns first..first+count-1 of a matrix, 0 above the diagonal;
+    // without the diagonal: of the edges between two tokens, what the graph draws
     let top = 0;
     for (let i = first; i < first + count; i++)
-      for (let j = first; j <= i; j++) top = Math.max(top, Math.abs(matrix.values[i * matrix.size + j]));
+      for (let j = first; j < (diagonal ? i + 1 : i); j++) top = Math.max(top, Math.abs(matrix.values[i * matrix.size + j]));
     return top;
   }
 
@@ -371,6 +372,7 @@
     current = views;
     const first = state.from - windowStart, count = state.to - state.from;
     const zoomScale = sharedScale(views.map((view) => view.window), first, count);
+    const strongestEdge = Math.max(0, ...views.filter((view) => view.window.matrix).map((view) => largest(view.window.matrix, first, count, false)));
     const overviewScale = sharedScale(views.map((view) => view.overview), 0, null);
     views.forEach((view, index) => {
       const capture = DATA.captures[index];
@@ -384,7 +386,7 @@
       drawSection(difference, diff, sharedScale([diff.window], first, count), sharedScale([diff.overview], 0, null), first, count,
         "right panel minus left panel, same colour exponent");
     }
-    updateControls(zoomScale);
+    updateControls(strongestEdge || zoomScale.max);
     setHover(state.hover);
     document.body.dataset.renders = ++renders;
     document.body.dataset.ready = "true";
@@ -620,13 +622,13 @@
     });
   }
 
-  function updateControls(scale) {
+  function updateControls(strongestEdge) {
     document.getElementById("gamma-value").textContent = state.gamma.toFixed(2);
     const threshold = document.getElementById("threshold");
-    // the slider spans the weights on show, so its whole travel means something for a head and for a sum
-    threshold.max = scale.max.toPrecision(3);
-    threshold.step = (scale.max / 200).toPrecision(2);
-    if (state.threshold > scale.max) state.threshold = Number(threshold.max);
+    // the slider spans the edges on show, so its whole travel means something for a head and for a sum
+    threshold.max = strongestEdge.toPrecision(3);
+    threshold.step = (strongestEdge / 200).toPrecision(2);
+    if (state.threshold > strongestEdge) state.threshold = Number(threshold.max);
     threshold.value = state.threshold;
     document.getElementById("threshold-value").textContent = format(state.threshold);
     document.getElementById("top-k-value").textContent = state.topK;
