@@ -340,3 +340,13 @@ def test_graph_command_arguments(capsys):
     assert len(draw.slug("m", "word " * 40)) <= 48
     with pytest.raises(ValueError, match="--top-k must be >= 1"):
         draw.draw_attention_graphs(draw.GraphRequest(text="x", top_k=0))
+
+
+def test_graph_command_sends_texts_too_long_for_figures_to_the_explorer(tokenizer, tmp_path, capsys, monkeypatch):
+    run_dir = tmp_path / "runs" / "tiny"
+    ginformer().save_pretrained(run_dir / "model")
+    tokenizer.save_pretrained(run_dir / "model")
+    monkeypatch.setattr(draw, "MAX_FIGURE_TOKENS", 10)
+    assert main(["graph", "--model", str(run_dir), "--text", TEXT, "--out", str(tmp_path / "out")]) == 2
+    assert "18 tokens are too many for figures" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    assert main(["graph", "--model", str(run_dir), "--text", TEXT, "--window", "0:10", "--out", str(tmp_path / "w")]) == 0

@@ -28,6 +28,9 @@ from ginformer.adapter.hub import ADAPTER_TYPE
 
 DEFAULT_ROOT = Path("runs/graphs")
 LAYOUTS = ("arc", "spring", "circular")
+# Figures and graph files of more tokens take minutes and gigabytes (a 5,000-token layer has 12.5 M edges, each a
+# networkx edge and a GraphML element); longer texts go to the explorer page, which pools them for the screen.
+MAX_FIGURE_TOKENS = 1024
 
 
 def parse_window(text: str) -> tuple[int, int | None]:
@@ -129,7 +132,9 @@ def draw_attention_graphs(request: GraphRequest) -> Drawn:
     from ginformer.adapter import SparseGINModel
     from ginformer.adapter.model import decoder_layers
     from ginformer.viz import plots
-    from ginformer.viz.attention_graphs import STAGES, adjacency_graph, attention_graphs, select_layers, write_graph
+    from ginformer.viz.attention_graphs import (
+        STAGES, adjacency_graph, attention_graphs, resolve_window, select_layers, write_graph,
+    )
 
     if request.top_k < 1:
         raise ValueError(f"--top-k must be >= 1, got {request.top_k}")
@@ -145,6 +150,14 @@ def draw_attention_graphs(request: GraphRequest) -> Drawn:
     base = model.get_base_model() if isinstance(model, SparseGINModel) else model
     count = len(decoder_layers(base))
     layers = select_layers(request.layers or [count // 2], count)
+    length = len(tokenizer(request.text)["input_ids"])
+    start, stop = resolve_window(request.window, length)
+    if stop - start > MAX_FIGURE_TOKENS:
+        raise ValueError(
+            f"{stop - start} tokens are too many for figures and for graph files with every edge "
+            f"(~{(stop - start) ** 2 // 2:,} edges per layer): choose at most {MAX_FIGURE_TOKENS} with --window "
+            "START:STOP, or write the explorer page with --html, which shows the whole text"
+        )
 
     graphs = attention_graphs(model, tokenizer, request.text, layers=layers, window=request.window)
     heads = graphs.heads[layers[0]].shape[0]
