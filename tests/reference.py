@@ -103,3 +103,21 @@ def naive_graph_attention(module, hidden, position_embeddings, external=None) ->
                 head_outputs.append((1 - blend) * standard + blend * aggregated)
         outputs.append(torch.cat(head_outputs, dim=-1))
     return module.o_proj(torch.stack(outputs))
+
+
+def naive_rollout(attentions: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Abnar & Zuidema's attention rollout, entry by entry: per layer, average the (H, T, T) heads, add the identity,
+    renormalise every row to 1, and multiply onto the layers below."""
+    t = attentions[0].shape[-1]
+    rollout = [[float(i == j) for j in range(t)] for i in range(t)]
+    result = []
+    for attention in attentions:
+        averaged = attention.mean(dim=0).tolist()
+        mixed = []
+        for i in range(t):
+            row = [averaged[i][j] + (1.0 if i == j else 0.0) for j in range(t)]
+            total = sum(row)
+            mixed.append([value / total for value in row])
+        rollout = [[sum(mixed[i][m] * rollout[m][j] for m in range(t)) for j in range(t)] for i in range(t)]
+        result.append(torch.tensor(rollout))
+    return result

@@ -8,10 +8,12 @@ import matplotlib.image
 import networkx as nx
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import AttentionInterface, LlamaConfig, LlamaForCausalLM
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from reference import naive_adjacency
+from reference import naive_adjacency, naive_rollout
 
 from ginformer import GinformerConfig, GinformerForCausalLM
 from ginformer.cli import main
@@ -126,7 +128,7 @@ def test_the_model_is_left_as_it_was(kind, tokenizer):
     attention_graphs(model, tokenizer, TEXT)
     assert model.training and base.config._attn_implementation == implementation
     for layer in decoder_layers(base):
-        assert not layer.self_attn._forward_pre_hooks
+        assert not layer.self_attn._forward_pre_hooks and not hasattr(layer.self_attn, "_ginformer_probe")
         assert len(layer.self_attn._forward_hooks) == (1 if kind == "adapted" else 0)  # the adapter's own hook
 
 
@@ -174,6 +176,76 @@ def test_window_crops_every_matrix_and_keeps_positions(tokenizer):
         assert sorted(part.to_networkx(1)) == list(range(start, stop))
 
 
+def naive_block_max(matrix: torch.Tensor, block: int) -> torch.Tensor:
+    """(..., T, T) -> (..., R, R), R = ceil(T / block): the largest entry of each block × block square, cell by cell."""
+    size = matrix.shape[-1]
+    cells = -(-size // block)
+    result = torch.zeros(*matrix.shape[:-2], cells, cells)
+    for row in range(cells):
+        for col in range(cells):
+            square = matrix[..., row * block : (row + 1) * block, col * block : (col + 1) * block]
+            result[..., row, col] = square.amax(dim=(-2, -1))
+    return result
+
+
+def test_overview_holds_block_maxima_of_the_whole_text(tokenizer):
+    model = adapted(top_k=3, tau=0.1)
+    whole = attention_graphs(model, tokenizer, TEXT)
+    with torch.no_grad(), model.capture_adjacency() as used:
+        model(input_ids=tokenizer(TEXT, return_tensors="pt")["input_ids"])
+    part = attention_graphs(model, tokenizer, TEXT, window=(4, 10), overview=5)  # 18 tokens: cells of 4, 5 a side
+    overview = part.overview
+    assert (overview.block, overview.size, overview.tokens) == (4, 5, list(TEXT))
+    assert part.length == len(TEXT) and len(part.tokens) == 6
+    for layer_graph in used:
+        k = layer_graph.layer
+        torch.testing.assert_close(overview.heads[k], naive_block_max(whole.heads[k], 4))
+        torch.testing.assert_close(overview.adjacency[k], naive_block_max(layer_graph.adjacency[0], 4))
+        settings = part.settings(k)
+        pooled, exact = overview.stages(k, settings), whole.stages(k, settings)
+        for name in list(STAGES)[:3]:  # block maxima commute with the sigmoid and the ε-threshold
+            torch.testing.assert_close(pooled[name], naive_block_max(exact[name], 4))
+        assert part.scalars[k] == pytest.approx({"λ": model.adapters[k].scale.item(), "α": 10.0, "τ": 0.1, "ε": 0.2})
+
+
+def test_rollout_of_the_window_and_of_the_whole_text_follow_the_recipe(tokenizer):
+    model = llama(num_hidden_layers=3)
+    whole = attention_graphs(model, tokenizer, TEXT)
+    expected = naive_rollout([whole.heads[k] for k in range(3)])
+    graphs = attention_graphs(model, tokenizer, TEXT, layers=[1, 2], window=(5, 15), overview=6, rollout=True)
+    assert graphs.layers == [1, 2] and sorted(graphs.rollout) == [1, 2]  # layer 0 is read, not kept
+    for k in (1, 2):
+        torch.testing.assert_close(graphs.rollout[k], expected[k][5:15, 5:15], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(graphs.overview.rollout[k], naive_block_max(expected[k], 3), atol=1e-5, rtol=1e-4)
+
+
+def test_an_adapted_model_read_without_its_adapter_is_its_base(tokenizer):
+    model = adapted()
+    without = attention_graphs(model, tokenizer, TEXT, with_adapter=False)
+    base = attention_graphs(llama(), tokenizer, TEXT)  # the same seed: the adapted model's base weights
+    for k in base.layers:
+        torch.testing.assert_close(without.heads[k], base.heads[k])
+    assert not without.aggregated and not without.scalars and not without.sparse_settings
+    with torch.no_grad():
+        ids = tokenizer(TEXT, return_tensors="pt")["input_ids"]
+        assert not torch.allclose(model(input_ids=ids).logits, llama()(input_ids=ids).logits)  # the adapter acts
+
+
+def test_an_attention_kernel_the_capture_cannot_rebuild_is_refused(tokenizer):
+    def louder_sdpa(module, *args, **kwargs):
+        output, weights = sdpa_attention_forward(module, *args, **kwargs)
+        return output * 1.5, weights
+
+    AttentionInterface.register("tests_louder_sdpa", louder_sdpa)
+    AttentionMaskInterface.register("tests_louder_sdpa", sdpa_mask)
+    model = llama()
+    model.set_attn_implementation("tests_louder_sdpa")
+    with pytest.raises(ValueError, match="layer 0: the attention probabilities recomputed .* do not reproduce"):
+        attention_graphs(model, tokenizer, TEXT)
+    assert model.config._attn_implementation == "tests_louder_sdpa"
+    assert not any(hasattr(layer.self_attn, "_ginformer_probe") for layer in decoder_layers(model))
+
+
 def test_bad_requests_fail_clearly(tokenizer):
     model = llama(max_position_embeddings=16)
     with pytest.raises(ValueError, match=r"18 tokens.*context of 16"):
@@ -184,6 +256,8 @@ def test_bad_requests_fail_clearly(tokenizer):
         attention_graphs(model, tokenizer, "MKTAYI", window=(5, 3))
     with pytest.raises(ValueError, match="text is empty"):
         attention_graphs(model, tokenizer, "")
+    with pytest.raises(ValueError, match="overview must be at least 1 cell"):
+        attention_graphs(model, tokenizer, "MKT", overview=0)
     graphs = attention_graphs(model, tokenizer, "MKT", layers=[-1])
     assert graphs.layers == [1]
     with pytest.raises(ValueError, match="layer 0 was not captured"):
@@ -266,3 +340,13 @@ def test_graph_command_arguments(capsys):
     assert len(draw.slug("m", "word " * 40)) <= 48
     with pytest.raises(ValueError, match="--top-k must be >= 1"):
         draw.draw_attention_graphs(draw.GraphRequest(text="x", top_k=0))
+
+
+def test_graph_command_sends_texts_too_long_for_figures_to_the_explorer(tokenizer, tmp_path, capsys, monkeypatch):
+    run_dir = tmp_path / "runs" / "tiny"
+    ginformer().save_pretrained(run_dir / "model")
+    tokenizer.save_pretrained(run_dir / "model")
+    monkeypatch.setattr(draw, "MAX_FIGURE_TOKENS", 10)
+    assert main(["graph", "--model", str(run_dir), "--text", TEXT, "--out", str(tmp_path / "out")]) == 2
+    assert "18 tokens are too many for figures" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    assert main(["graph", "--model", str(run_dir), "--text", TEXT, "--window", "0:10", "--out", str(tmp_path / "w")]) == 0

@@ -204,6 +204,7 @@ def _user_lines():
 
 def _graph_arguments(parser: argparse.ArgumentParser) -> None:
     from ginformer.viz.draw import LAYOUTS, GraphRequest
+    from ginformer.viz.explorer import DEFAULT_WINDOW, PRECISIONS
 
     defaults = GraphRequest(text="")
     parser.add_argument("--model", default=defaults.model, help="a run directory (its model/ is read), a model "
@@ -211,10 +212,12 @@ def _graph_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adapter", type=Path, help="a saved Sparse-GIN adapter directory to attach to --model")
     parser.add_argument("--text", required=True, help="the text whose attention graphs to draw")
     parser.add_argument("--layer", type=int, action="append", dest="layers", metavar="L",
-                        help="layer to draw (negative counts from the end); repeatable; default: the middle layer")
+                        help="layer to draw (negative counts from the end); repeatable; default: the middle layer, "
+                        "with --html every layer")
     parser.add_argument("--head", type=int, metavar="H", help="also draw head H alone, and use it for the graph")
     parser.add_argument("--window", type=_window, metavar="START:STOP", help="show only tokens START..STOP-1 "
-                        "(as a Python slice); the model still reads the whole text")
+                        "(as a Python slice); the model still reads the whole text. With --html: the tokens kept at "
+                        f"full resolution (default the first {DEFAULT_WINDOW}), the whole text being in the overview")
     parser.add_argument("--top-k", type=int, default=defaults.top_k, help="edges drawn per token in the causal graph")
     parser.add_argument("--layout", choices=LAYOUTS, default=defaults.layout, help="causal graph layout")
     parser.add_argument("--gamma", type=float, default=defaults.gamma, help="colour-scale exponent of the heatmaps: "
@@ -223,6 +226,16 @@ def _graph_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(f"--{name}", type=float, help=f"Sparse-GIN {meaning} for the stages (default: the "
                             "adapter's, else SparseGINConfig's)")
     parser.add_argument("--out", type=Path, help="output directory (default runs/graphs/<model>-<first words>)")
+    page = parser.add_argument_group("the explorer page (--html)")
+    page.add_argument("--html", action="store_true", help="write explorer.html, one self-contained page to explore "
+                      "every layer and head in a browser, instead of the figures")
+    page.add_argument("--compare", metavar="MODEL", help="a second model (as --model) shown beside the first; an "
+                      "adapted model (--adapter, or a fine-tuned run) is shown beside its base without it")
+    page.add_argument("--heads", type=_heads, metavar="H,H,...", help="keep only these heads (default all)")
+    page.add_argument("--precision", choices=PRECISIONS, default=defaults.precision, help="how weights are stored: "
+                      "uint8 (8 bits on a square-root scale, default) or float16 (twice the size)")
+    page.add_argument("--overview", type=int, default=defaults.overview, metavar="CELLS", help="cells a side of the "
+                      f"whole-text heatmaps (default {defaults.overview}): a longer text is shown in blocks of tokens")
 
 
 def _window(text: str) -> tuple[int, int | None]:
@@ -234,13 +247,31 @@ def _window(text: str) -> tuple[int, int | None]:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def _spans(numbers: list[int]) -> str:
+    """[0, 1, 2, 3, 7] -> "0–3, 7"."""
+    spans: list[list[int]] = []
+    for number in numbers:
+        if spans and number == spans[-1][1] + 1:
+            spans[-1][1] = number
+        else:
+            spans.append([number, number])
+    return ", ".join(str(a) if a == b else f"{a}–{b}" for a, b in spans)
+
+
+def _heads(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"heads {text!r} must be head numbers separated by commas, e.g. 0,3,5") from None
+
+
 def _graph(args: argparse.Namespace) -> None:
     from ginformer.viz.draw import GraphRequest, draw_attention_graphs
 
     request = GraphRequest(**{k: v for k, v in vars(args).items() if k not in ("command", "run")})
     drawn = draw_attention_graphs(request)
     shown = "" if drawn.window is None else f", window {drawn.window[0]}:{drawn.window[1]}"
-    layers = ", ".join(map(str, drawn.layers))
+    layers = _spans(drawn.layers)
     print(f"layer{'s' if len(drawn.layers) > 1 else ''} {layers}, {drawn.tokens} tokens{shown} -> {drawn.out}/")
     width = max(map(len, drawn.files))
     for name, description in drawn.files.items():

@@ -15,6 +15,7 @@ B x H x T_q x T_k.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import torch
@@ -41,30 +42,29 @@ def self_edges(q_len: int, k_len: int, device: torch.device | None = None) -> Te
     return torch.arange(k_len, device=device)[None, :] == rows
 
 
-def head_aggregated_attention(
+def attention_probabilities(
     query: Tensor,
     key: Tensor,
     attention_mask: Tensor | None,
     scaling: float,
-    aggregation: str = "sum",
+    rows: int | None = None,
+    *,
     softcap: float | None = None,
     sinks: Tensor | None = None,
-) -> tuple[Tensor, Tensor]:
-    """Aggregate a layer's per-head attention probabilities into one adjacency, head group by head group.
+) -> Iterator[tuple[int, Tensor]]:
+    """A layer's per-head attention probabilities, a block of query rows at a time.
 
-    A_agg = min(1, Σ_h A_h) ("sum"),  (1/H) Σ_h A_h ("mean"),  max_h A_h ("max"),  0 on forbidden edges,
-    with A_h = softmax_j(cap(q_h,i · k_g(h),j · scaling) + mask_ij ‖ sink_h) and g(h) = h // (H / H_kv) the key head
-    that query head h shares under grouped-query attention (what `repeat_kv` does, without copying).
+    A_h = softmax_j(cap(q_h,i · k_g(h),j · scaling) + mask_ij ‖ sink_h), 0 on forbidden edges (fully masked rows included),
+    with g(h) = h // (H / H_kv) the key head that query head h shares under grouped-query attention (what
+    `repeat_kv` does, without copying).
 
-    Query rows are processed in chunks of ceil(T_q / H) so the largest temporary, the scores of one
-    chunk for all heads, has B·H·ceil(T_q/H)·T_k ≈ B·T_q·T_k entries: memory stays O(B·T_q·T_k). A chunk's
-    queries cannot see keys after its last query (every mask here is causal), so its scores stop at that
-    key: half the T_q·T_k work when T_q = T_k.
+    Yields (start, probs) per block of ``rows`` query rows (default ceil(T_q / H), so that the scores of one block
+    for all heads have B·H·ceil(T_q/H)·T_k ≈ B·T_q·T_k entries: memory stays O(B·T_q·T_k)). probs is
+    (B, H, c, visible): a block's queries cannot see keys after its last query (every mask here is causal), so its
+    scores stop at that key, visible = start + c + (T_k − T_q): half the T_q·T_k work when T_q = T_k.
 
-    query: (B, H, T_q, D); key: (B, H_kv, T_k, D) -> (A_agg (B, T_q, T_k) float32, allowed (B|1, T_q, T_k) bool)
+    query: (B, H, T_q, D); key: (B, H_kv, T_k, D), float32 inside whatever their dtype.
     """
-    if aggregation not in ("sum", "mean", "max"):
-        raise ValueError(f"aggregation={aggregation!r}: allowed values are sum, mean, max")
     batch, heads, q_len, head_dim = query.shape
     kv_heads, k_len = key.shape[1], key.shape[2]
     if heads % kv_heads:
@@ -78,23 +78,46 @@ def head_aggregated_attention(
 
     q = query.float().reshape(batch, kv_heads, heads // kv_heads, q_len, head_dim)  # (B, H_kv, rep, T_q, D)
     k_t = key.float()[:, :, None].transpose(-1, -2)  # (B, H_kv, 1, D, T_k)
-    rows = -(-q_len // heads)
-    chunks = []
+    rows = rows or -(-q_len // heads)
     for start in range(0, q_len, rows):
         stop = min(start + rows, q_len)
-        visible = stop + k_len - q_len  # keys 0 .. visible-1: up to the chunk's last query position
+        visible = stop + k_len - q_len  # keys 0 .. visible-1: up to the block's last query position
         scores = soft_capped(q[:, :, :, start:stop] @ k_t[..., :visible] * scaling, softcap)
         scores = (scores + bias[:, None, None, start:stop, :visible]).flatten(1, 2)  # (B, H, c, visible)
         probs = head_probabilities(scores, sinks)
+        yield start, probs * allowed[:, None, start:stop, :visible]
+
+
+def head_aggregated_attention(
+    query: Tensor,
+    key: Tensor,
+    attention_mask: Tensor | None,
+    scaling: float,
+    aggregation: str = "sum",
+    softcap: float | None = None,
+    sinks: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Aggregate a layer's per-head attention probabilities (`attention_probabilities`) into one adjacency, a block
+    of query rows at a time.
+
+    A_agg = min(1, Σ_h A_h) ("sum"),  (1/H) Σ_h A_h ("mean"),  max_h A_h ("max"),  0 on forbidden edges.
+
+    query: (B, H, T_q, D); key: (B, H_kv, T_k, D) -> (A_agg (B, T_q, T_k) float32, allowed (B|1, T_q, T_k) bool)
+    """
+    if aggregation not in ("sum", "mean", "max"):
+        raise ValueError(f"aggregation={aggregation!r}: allowed values are sum, mean, max")
+    k_len = key.shape[2]
+    chunks = []
+    for _, probs in attention_probabilities(query, key, attention_mask, scaling, softcap=softcap, sinks=sinks):
         if aggregation == "sum":
             chunk = probs.sum(dim=1).clamp(max=1.0)
         elif aggregation == "mean":
             chunk = probs.mean(dim=1)
         else:
             chunk = probs.amax(dim=1)
-        chunks.append(torch.nn.functional.pad(chunk, (0, k_len - visible)))  # (B, c, T_k)
-    aggregated = torch.cat(chunks, dim=1) * allowed  # (B, T_q, T_k); fully masked rows become 0
-    return aggregated, allowed
+        chunks.append(torch.nn.functional.pad(chunk, (0, k_len - probs.shape[-1])))  # (B, c, T_k)
+    allowed = allowed_edges(attention_mask, query.shape[2], k_len, query.device)
+    return torch.cat(chunks, dim=1), allowed
 
 
 def sparse_adjacency(

@@ -69,7 +69,7 @@ class AttentionCall:
 _recorded: ContextVar[list[AttentionCall] | None] = ContextVar("sparse_gin_probe", default=None)
 
 
-def _eager_attention(module: nn.Module):
+def eager_attention_of(module: nn.Module):
     # transformers keeps each architecture's eager attention beside its attention class, not in a registry.
     eager = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
     if eager is None:
@@ -89,7 +89,7 @@ def attention_inputs(query: Tensor, key: Tensor, mask: Tensor | None, scaling: f
 
 def _attention_function(inner: str):
     def attention(module, query, key, value, attention_mask, scaling=None, **kwargs):
-        run = ALL_ATTENTION_FUNCTIONS["sdpa"] if inner == "sdpa" else _eager_attention(module)
+        run = ALL_ATTENTION_FUNCTIONS["sdpa"] if inner == "sdpa" else eager_attention_of(module)
         output, weights = run(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
         tap = getattr(module, TAP, None)
         if tap is not None and tap.shared.enabled:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -78,7 +78,7 @@ class _Shared:
     num_layers: int
     enabled: bool = True
     graph_adjacency: Tensor | None = None
-    captured: list[LayerGraph] | None = None
+    record: Callable[[LayerGraph], None] | None = None  # where capture_adjacency sends each layer's graph
 
 
 @dataclass
@@ -101,10 +101,10 @@ class _SparseGINTap:
         if self.cache is not None:
             extend = partial(_extend_features, self.cache, index, self.shared.num_layers)
             attention = _positioned(attention, self.cache, getattr(self.host.attention, "layer_idx", index))
-        captured = self.shared.captured
-        delta, graph = self.adapter(x, attention, extend, self.shared.graph_adjacency, captured is not None)
-        if captured is not None:
-            captured.append(LayerGraph(index, *(tensor.detach() for tensor in graph)))
+        record = self.shared.record
+        delta, graph = self.adapter(x, attention, extend, self.shared.graph_adjacency, record is not None)
+        if record is not None:
+            record(LayerGraph(index, *(tensor.detach() for tensor in graph)))
         self.attention = None
         return delta
 
@@ -352,13 +352,16 @@ class SparseGINModel(nn.Module):
             self._shared.enabled = True
 
     @contextlib.contextmanager
-    def capture_adjacency(self) -> Iterator[list[LayerGraph]]:
-        """Collect every layer's A_agg and A' (detached) for the forward calls made inside."""
-        self._shared.captured = []
+    def capture_adjacency(self, record: Callable[[LayerGraph], None] | None = None) -> Iterator[list[LayerGraph]]:
+        """Collect every layer's A_agg and A' (detached) for the forward calls made inside. With `record`, each
+        layer's graph goes to it as soon as the layer has run and the list stays empty: a long text's T×T graphs
+        need not all be held at once."""
+        captured: list[LayerGraph] = []
+        self._shared.record = record or captured.append
         try:
-            yield self._shared.captured
+            yield captured
         finally:
-            self._shared.captured = None
+            self._shared.record = None
 
     def adapter_scales(self) -> list[float]:
         """λ_k per adapted decoder layer, for logging."""
