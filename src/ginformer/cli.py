@@ -76,7 +76,8 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from ginformer.runs.evaluate import evaluate_run, format_evaluation
+    from ginformer.runs.evaluate import VAL, evaluate_run, format_evaluation
+    from ginformer.runs.run_dir import RunDir
     from ginformer.tasks import TASKS
 
     if args.lm_eval:
@@ -89,7 +90,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         batch_size=args.batch_size,
     )
     print(format_evaluation(result, TASKS[result.task].columns))
-    print(f"\nwritten to {Path(result.run) / ('eval_' + ('val' if args.data is None else Path(args.data).stem))}.json")
+    print(f"\nwritten to {RunDir(result.run).evaluation(VAL if args.data is None else Path(args.data).stem)}")
 
 
 def _evaluate_lm_eval(args: argparse.Namespace) -> None:

@@ -25,7 +25,7 @@ import yaml
 from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
 from transformers.training_args import OptimizerNames
 
-from ginformer.files import read_text_file, refuse_special_file
+from ginformer.files import atomic_write_text, read_text_file, refuse_special_file
 from ginformer.runs.models import MODEL_SIDES, ModelSide, side_of
 from ginformer.runs.settings import (
     ConfigError,
@@ -227,5 +227,10 @@ def load_run_settings(
     return run_settings_from_dict(apply_overrides(raw, overrides), side)
 
 
+def settings_yaml(settings: RunSettings) -> str:
+    """The settings as a run config file's text, which `load_run_settings` reads back."""
+    return yaml.safe_dump(settings.to_dict(), sort_keys=False)
+
+
 def save_run_settings(settings: RunSettings, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(settings.to_dict(), sort_keys=False))
+    atomic_write_text(path, settings_yaml(settings))
