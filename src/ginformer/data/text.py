@@ -719,7 +719,7 @@ def _load_cached(directory: Path, tokenizer: PreTrainedTokenizerBase | None, nam
     """The finished cache in ``directory``; the char tokenizer comes from it, any other is the one given."""
     meta = json.loads((directory / META).read_text())
     if tokenizer is None:
-        tokenizer = AutoTokenizer.from_pretrained(directory / "tokenizer")
+        tokenizer = AutoTokenizer.from_pretrained(directory / "tokenizer", trust_remote_code=False)
     dtype = np.dtype(meta["dtype"])
     splits = []
     for side in ("train", "val"):

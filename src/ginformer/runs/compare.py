@@ -66,7 +66,7 @@ from ginformer.runs.config import (
     run_settings_from_dict,
     side_name,
 )
-from ginformer.files import atomic_write_text, atomic_writer
+from ginformer.files import atomic_write_text, atomic_writer, check_output_dir
 from ginformer.runs.evaluate import VAL, check_options, evaluate_run
 from ginformer.runs.run_dir import RunDir
 from ginformer.runs.settings import ConfigError
@@ -257,6 +257,7 @@ def run_comparison(settings: CompareSettings, overwrite: bool = False, only: Seq
     `only` ("variant" or "variant/seedK", "base") trains and evaluates just those runs, so several processes
     can share a machine's accelerator; the summary is written once no run is pending."""
     root = settings.root
+    check_output_dir(root, "the comparison directory (training.output_root/name)")
     if settings.side == "scratch":
         variant_parameters(settings)  # fail on a variant that cannot be sized before anything trains
     if overwrite and only:

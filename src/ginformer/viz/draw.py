@@ -22,6 +22,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ginformer.files import atomic_write_text, check_output_dir
+
 DEFAULT_ROOT = Path("runs/graphs")
 LAYOUTS = ("arc", "spring", "circular")
 
@@ -97,6 +99,8 @@ def draw_attention_graphs(request: GraphRequest) -> Drawn:
     if request.layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {list(LAYOUTS)}, got {request.layout!r}")
     model_path = resolve_model_path(request.model)
+    out = request.out or DEFAULT_ROOT / slug(model_path, request.text, request.adapter)
+    check_output_dir(out, "--out")  # before the model loads, not after the work is done
     model, tokenizer = load_base_model(model_path, attn_implementation="eager")
     if request.adapter is not None:
         model = SparseGINModel.from_pretrained(model, request.adapter)
@@ -108,7 +112,6 @@ def draw_attention_graphs(request: GraphRequest) -> Drawn:
     heads = graphs.heads[layers[0]].shape[0]
     if request.head is not None and not 0 <= request.head < heads:
         raise ValueError(f"--head {request.head} out of range: the model has {heads} heads per layer (0–{heads - 1})")
-    out = request.out or DEFAULT_ROOT / slug(model_path, request.text, request.adapter)
     overrides = {"alpha": request.alpha, "tau": request.tau, "epsilon": request.epsilon}
     overrides = {name: value for name, value in overrides.items() if value is not None}
     source = "sum over heads" if request.head is None else f"head {request.head}"
@@ -178,6 +181,6 @@ def draw_attention_graphs(request: GraphRequest) -> Drawn:
         "layers": {str(layer): graphs.kinds[layer] for layer in layers},
         "files": files,
     }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     window = None if request.window is None else (offset, offset + len(tokens))
     return Drawn(out, layers, len(tokens), window, files)
