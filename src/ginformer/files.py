@@ -77,8 +77,9 @@ def refusing_pickles(path: str | Path, what: str) -> Iterator[None]:
     try:
         yield
     except pickle.UnpicklingError as err:
-        reason = next((line.strip() for line in str(err).splitlines() if "Unsupported" in line or "GLOBAL" in line),
-                      str(err).splitlines()[0] if str(err) else "not a tensor file")
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()] or ["not a tensor file"]
+        # torch's message is a page of advice; the line naming what the pickle would build is the reason.
+        reason = next((line for line in lines if "Unsupported" in line), lines[0]).split(". ")[0]
         raise UnsafeFileError(
             f"{path}: refused to load {what}: it holds a pickle that would run code or build objects other than "
             f"tensors ({reason}); only load it, by hand, if you trust where it came from"
