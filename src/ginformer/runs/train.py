@@ -9,6 +9,9 @@ model, on any task, into a run directory.
       model/           from scratch: the final model and tokenizer (`AutoModelForCausalLM` loads it)
       adapter/         on a pretrained model: the final adapter (Sparse-GIN's or peft's files) and tokenizer
 
+runs/run_dir.py owns these files: checkpoints and the final model are written into .partial/ and renamed when
+complete, a resume starts from the newest complete checkpoint, and the run directory is locked while it trains.
+
 metrics.jsonl events ("event" says which; every event has "step" and "epoch"):
     start    model (scratch | pretrained), parameters (trainable), total_parameters, world_size, train_examples,
              val_examples, graph; from scratch hidden_size; on a pretrained model method, base, and for LoRA its
