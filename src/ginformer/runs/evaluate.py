@@ -30,8 +30,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ginformer.data.batches import CausalLMCollator, target_counts
-from ginformer.runs.config import RunSettings, load_run_settings
 from ginformer.files import atomic_write_text, check_output_file, refuse_special_file
+from ginformer.runs.config import RunSettings, load_run_settings
 from ginformer.runs.run_dir import RunDir
 from ginformer.runs.train import perplexity, token_nll
 from ginformer.tasks import Column, Generation, Losses, Task
