@@ -116,15 +116,20 @@ def test_a_base_that_names_its_own_code_is_refused_without_running_or_asking(bas
     config.update(model_type="nl_custom", auto_map={"AutoConfig": "code.Config", "AutoModelForCausalLM": "code.Model"})
     (custom / "config.json").write_text(json.dumps(config))
     ran = tmp_path / "ran"
-    (custom / "code.py").write_text(f"open({str(ran)!r}, 'w').write('x')\n"
-                                    "from transformers import LlamaConfig as Config, LlamaForCausalLM as Model\n")
+    # Subclasses: transformers registers the classes it loads from a base's code, which must not be Llama's own.
+    (custom / "code.py").write_text(
+        f"open({str(ran)!r}, 'w').write('x')\n"
+        "from transformers import LlamaConfig, LlamaForCausalLM\n"
+        "class Config(LlamaConfig):\n    model_type = 'nl_custom'\n"
+        "class Model(LlamaForCausalLM):\n    config_class = Config\n")
     monkeypatch.setattr("sys.stdin", _NoStdin())
     with pytest.raises(ValueError, match=r"custom: its config names Python code of its own \(auto_map\), which is not "
                                          r"run by default; set model.trust_remote_code: true"):
         load_base_model(custom)
     assert not ran.exists()
     model, _ = load_base_model(custom, trust_remote_code=True)  # the setting that allows it: the code runs
-    assert ran.exists() and isinstance(model, LlamaForCausalLM)
+    assert ran.exists() and type(model).__name__ == "Model" and isinstance(model, LlamaForCausalLM)
+    assert getattr(LlamaForCausalLM, "_auto_class", None) is None  # Llama itself stays unregistered
 
 
 def _tiny_ginformer(path, layers=4):

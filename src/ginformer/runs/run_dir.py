@@ -158,24 +158,32 @@ class RunDir:
 
     def read_metrics(self, torn_tail_ok: bool = False) -> list[dict[str, Any]]:
         """The events in order. A line that is not an event is a ValueError naming it, except, with
-        `torn_tail_ok`, a last line without its newline: a write the machine did not finish, dropped with a note."""
-        if not self.metrics_path.is_file():
-            return []
-        text = read_text_file(self.metrics_path, "metrics file")
-        lines = text.split("\n")
+        `torn_tail_ok`, a last line without its newline (`torn_line`): a write the machine did not finish."""
         events = []
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            event = _event(line)
+        for number, line, event in self._lines():
             if isinstance(event, str):
-                if torn_tail_ok and number == len(lines):
-                    logger.info("%s: line %d is torn (an interrupted write); it is dropped", self.metrics_path, number)
+                if torn_tail_ok and number == self.torn_line():
                     break
                 raise ValueError(f"{self.metrics_path}: line {number}: {event}; the file is damaged: delete that "
                                  "line, or train the run again with --overwrite")
             events.append(event)
         return events
+
+    def torn_line(self) -> int | None:
+        """The number of metrics.jsonl's last line when it is not an event and lacks its newline: cut off by a
+        machine that stopped mid-write (a killed process cannot tear a line: each is written in one call)."""
+        lines = list(self._lines())
+        text = self.metrics_path.read_bytes() if lines else b""
+        if lines and isinstance(lines[-1][2], str) and not text.endswith(b"\n"):
+            return lines[-1][0]
+        return None
+
+    def _lines(self) -> Iterator[tuple[int, str, dict[str, Any] | str]]:
+        if not self.metrics_path.is_file():
+            return
+        for number, line in enumerate(read_text_file(self.metrics_path, "metrics file").split("\n"), start=1):
+            if line.strip():
+                yield number, line, _event(line)
 
     def append_event(self, event: Mapping[str, Any]) -> None:
         append_line(self.metrics_path, json.dumps(event))
@@ -231,13 +239,13 @@ class RunDir:
         staged = self.staging / name
         if staged.exists():
             shutil.rmtree(staged)
-        staged.parent.mkdir(parents=True, exist_ok=True)
+        staged.mkdir(parents=True)
         return staged
 
     def publish(self, name: str) -> Path:
         """Move the complete .partial/<name> to <name> (replacing an older one) by renaming it."""
         staged = self.staging / name
-        if not staged.is_dir():  # a bug (say, Trainer saving elsewhere), not a user's mistake
+        if not staged.is_dir() or not any(staged.iterdir()):  # a bug (Trainer saving elsewhere), not bad input
             raise RuntimeError(f"{staged} was not written: nothing to publish")
         publish_dir(staged, self.path / name)
         return self.path / name

@@ -394,6 +394,9 @@ def check_run_dir(settings: RunSettings, run: RunDir, resume: bool, overwrite: b
         checkpoint, skipped = run.resume_point()
         _check_resumable(settings, run)
         run.read_metrics(torn_tail_ok=True)  # a damaged line is named now, before anything changes
+        torn = run.torn_line()
+        if torn is not None:
+            logger.info("%s: line %d is torn (an interrupted write); the resumed run drops it", run.metrics_path, torn)
         if skipped:
             logger.info("%s: resuming from %s, the newest complete checkpoint; skipped %s", run.path,
                         checkpoint.path.name, "; ".join(skipped))
