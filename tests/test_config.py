@@ -20,7 +20,7 @@ from ginformer.runs.config import (
     save_run_settings,
 )
 from ginformer.runs.models import PretrainedModelSettings, ScratchModelSettings
-from ginformer.runs.settings import ConfigError
+from ginformer.runs.settings import ConfigError, load_yaml
 from ginformer.sizing import config_parameters
 from ginformer.tasks import TASKS
 
@@ -291,3 +291,31 @@ def test_cli_resume_and_overwrite_exclude_each_other():
     with pytest.raises(SystemExit) as exit_info:
         main(["pretrain", "--config", "x.yaml", "--resume", "--overwrite"])
     assert exit_info.value.code == 2
+
+
+def test_a_key_written_twice_is_an_error_naming_the_key_and_both_lines(tmp_path):
+    from ginformer.runs.compare import load_compare_settings
+
+    path = tmp_path / "run.yaml"
+    path.write_text("training:\n  run_name: first\n  max_steps: 3\n  run_name: second\n")
+    with pytest.raises(ConfigError, match=r"run.yaml: key 'run_name' is written twice, on lines 2 and 4"):
+        load_settings(path)
+    compare = tmp_path / "compare.yaml"
+    compare.write_text("name: c\nseeds: [0]\ntarget_params: 60000\nvariants:\n  gin: {attention_kind: gin}\n"
+                       "  gin: {attention_kind: pna}\n")
+    with pytest.raises(ConfigError, match=r"compare.yaml: key 'gin' is written twice, on lines 5 and 6"):
+        load_compare_settings(compare)
+    with pytest.raises(ConfigError, match=r"--set model.pna_aggregators: key 'a' is written twice"):
+        load_settings(None, ["model.pna_aggregators={a: 1, a: 2}"])
+    # A merged key may be overridden: that is what merge keys are for.
+    merged = load_yaml("defaults: &d {max_steps: 3, seed: 1}\ntraining:\n  <<: *d\n  max_steps: 5\n", "x.yaml")
+    assert merged["training"] == {"max_steps": 5, "seed": 1}
+
+
+def test_a_config_with_a_byte_order_mark_or_nested_too_deeply_is_read_or_named(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_bytes("\ufefftraining: {max_steps: 7}\r\n".encode())
+    assert load_settings(path).training.max_steps == 7
+    path.write_text("training: " + "[" * 20_000 + "]" * 20_000 + "\n")
+    with pytest.raises(ConfigError, match="run.yaml: its values are nested too deeply to read"):
+        load_settings(path)

@@ -116,6 +116,36 @@ def test_columns_map_other_names_and_json_and_parquet_files_read_alike(tmp_path)
         load_instruct(tmp_path / "rows.json")
 
 
+def test_a_mapped_column_must_exist_and_wins_over_one_bearing_our_name(tmp_path):
+    both = write_jsonl(tmp_path / "both.jsonl", [
+        {"prompt": "the file's own prompt", "question": f"q{i}?", "completion": f"a{i}"} for i in range(3)])
+    read = load_instruct(both, columns={"prompt": "question"}).examples
+    assert [e.prompt[-1].content for e in read] == ["q0?", "q1?", "q2?"]
+    without = write_jsonl(tmp_path / "without.jsonl", [{"prompt": "p", "completion": "c"}])
+    with pytest.raises(ValueError, match=r"without.jsonl: the column mapping \{prompt: question\} names a column "
+                                         r"'question' that no row has \(columns: completion, prompt\)"):
+        load_instruct(without, columns={"prompt": "question"})
+    with pytest.raises(ValueError, match="gives 'question' to both prompt and completion"):
+        load_instruct(both, columns={"prompt": "question", "completion": "question"})
+    swapped = load_instruct(both, columns={"prompt": "completion", "completion": "question"}).examples
+    assert (swapped[0].prompt[-1].content, swapped[0].answer) == ("a0", "q0?")
+
+
+def test_rows_that_are_no_objects_are_named_as_such(tmp_path):
+    (tmp_path / "array.jsonl").write_text(json.dumps([{"prompt": "p", "completion": "c"}]) + "\n")
+    with pytest.raises(ValueError, match=r"array.jsonl: 1 bad row\(s\): line 1: a JSON list, expected an object"):
+        load_instruct(tmp_path / "array.jsonl")
+
+
+def test_a_byte_order_mark_and_crlf_are_read_as_text_and_a_lone_surrogate_is_a_bad_row(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes('\ufeff{"prompt": "p1", "completion": "c1"}\r\n{"prompt": "p\\ud800", "completion": "c2"}\r\n'
+                     '{"prompt": "p3", "completion": "c3"}\r\n'.encode())
+    with pytest.warns(UserWarning, match=r"line 2: holds a lone surrogate escape \(\\ud800\)"):
+        read = load_instruct(path).examples
+    assert [e.where for e in read] == ["line 1", "line 3"]
+
+
 def test_bad_rows_are_named_by_line_and_field(tmp_path):
     good = {"messages": MULTI_TURN}
     path = write_jsonl(tmp_path / "chat.jsonl", [

@@ -6,6 +6,7 @@ The oracles are plain Python on strings: the documents joined by the separator, 
 
 import hashlib
 import json
+import os
 import random
 from pathlib import Path
 
@@ -498,6 +499,8 @@ BAD_INPUTS = {
                      r"rows\.jsonl: line 2: 'text' is int, expected a string"),
     "null": ("rows.jsonl", '{"text": null}\n', {}, ValueError, r"rows\.jsonl: line 1: 'text' is NoneType"),
     "lone surrogate": ("rows.jsonl", '{"text": "a\\ud800b"}\n', {}, ValueError, r"rows\.jsonl: line 1: .*surrogate"),
+    "nested too deeply": ("rows.jsonl", "[" * 40_000 + "]" * 40_000 + "\n", {}, ValueError,
+                          r"rows\.jsonl: line 1: nested too deeply to read"),
     "unsupported suffix": ("rows.csv", "text\na\n", {}, ValueError,
                            r"rows\.csv: unsupported file type '\.csv'.*\.txt, \.jsonl or \.parquet"),
     "one document, document split": (
@@ -517,6 +520,37 @@ def test_bad_input_is_named_with_file_and_line(case, tmp_path):
     path = _write(tmp_path / name, content)
     with pytest.raises(error, match=message):
         tokenize_corpus(path, **kwargs)
+
+
+def test_a_byte_order_mark_is_an_encoding_marker_and_crlf_stays_text(tmp_path):
+    plain = tokenize_corpus(_write(tmp_path / "plain.txt", "hello\r\nworld\n"), tokenizer="byte")
+    marked = tokenize_corpus(_write(tmp_path / "marked.txt", "\ufeffhello\r\nworld\n".encode()), tokenizer="byte")
+    assert bytes(marked.train.ids.tolist()) == bytes(plain.train.ids.tolist()) == b"hello\r\nworl"
+    rows = tokenize_corpus(_write(tmp_path / "rows.jsonl", '\ufeff{"text": "abc"}\r\n{"text": "def"}\r\n'.encode()),
+                           tokenizer="byte", val_fraction=0.5)
+    assert rows.train.documents + rows.val.documents == 2  # line 1 is read, not dropped as bad JSON
+
+
+def test_a_named_pipe_is_refused_before_it_is_opened(tmp_path):
+    for name in ("corpus.txt", "rows.jsonl"):
+        os.mkfifo(tmp_path / name)  # opening one would wait for a writer that never comes
+        with pytest.raises(ValueError, match=rf"{name} is a named pipe, not a regular file"):
+            tokenize_corpus(tmp_path / name)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    _write(folder / "a.txt", "text")
+    os.mkfifo(folder / "b.txt")
+    with pytest.raises(ValueError, match=r"folder, the file .*b\.txt is a named pipe"):
+        tokenize_corpus(folder)
+
+
+def test_a_file_as_the_cache_dir_is_named_before_any_work(tmp_path):
+    (tmp_path / "cache").write_text("not a folder")
+    path = _write(tmp_path / "ok.txt", "some text to split")
+    with pytest.raises(FileExistsError, match=r"cache_dir .*cache is a file, not a directory"):
+        tokenize_corpus(path, cache_dir=tmp_path / "cache")
+    with pytest.raises(FileExistsError, match=r"cache_dir .*cache/sub: .*cache is a file"):
+        tokenize_corpus(path, cache_dir=tmp_path / "cache" / "sub")
 
 
 def test_bad_parquet_is_named_with_file_row_and_columns(tmp_path):

@@ -202,7 +202,7 @@ def test_corrupt_weights_are_a_clear_error_naming_the_file(run_dir, tmp_path, ca
     shutil.copytree(run_dir, broken)
     weights = broken / "model" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])  # a truncated copy
-    with pytest.raises(ValueError, match=r"model: the saved weights cannot be read \(model.safetensors"):
+    with pytest.raises(ValueError, match=r"model: model.safetensors is truncated or corrupt: train the run again"):
         load_run(broken)
     assert main(["evaluate", "--run", str(broken)]) == 2
     err = capsys.readouterr().err.strip()

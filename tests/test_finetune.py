@@ -439,3 +439,24 @@ def test_compare_trains_evaluates_and_writes_summary_and_figures(tmp_path, base_
     raw["variants"]["sparse_gin"] = {"sparse_gin": {"alpha": 3.0}}
     with pytest.raises(FileExistsError, match=r"other settings \(model.sparse_gin\)"):
         run_comparison(compare_settings_from_dict(raw))  # never reused with other settings
+
+
+def test_a_wrong_field_in_a_saved_adapter_config_is_named_not_blamed_on_the_weights(base_dir, tmp_path):
+    from ginformer.runs.models import check_adapter_description, read_weights
+
+    base = LlamaForCausalLM.from_pretrained(base_dir)
+    adapter = tmp_path / "adapter"
+    get_sparse_gin_model(base, SparseGINConfig(d_gnn=8)).save_pretrained(adapter)
+    check_adapter_description(adapter)  # as saved: fine
+    config_file = adapter / "adapter_config.json"
+    payload = json.loads(config_file.read_text())
+    payload["config"]["edge_threshold"] = "high"
+    config_file.write_text(json.dumps(payload))
+    with pytest.raises(ConfigError, match=r"adapter_config.json: config.edge_threshold='high' is not allowed: "
+                                          r"expected a (finite )?number; fix the field"):
+        check_adapter_description(adapter)
+    # What the weights do hold is read as such: a shape mismatch is not called a corrupt file.
+    def mismatched():
+        raise RuntimeError("size mismatch for adapters.0.w_in: copying [8, 32], the model has [16, 32]")
+    with pytest.raises(ValueError, match=r"adapter: the saved model cannot be loaded \(RuntimeError: size mismatch"):
+        read_weights(adapter, mismatched)

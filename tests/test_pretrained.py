@@ -92,3 +92,83 @@ def test_local_directory_loads_and_gets_a_pad_token(smollm2, tmp_path):
     assert isinstance(model, LlamaForCausalLM) and model.dtype == torch.bfloat16
     assert model.config._attn_implementation == "eager"
     assert tokenizer.pad_token == tokenizer.eos_token == "<|im_end|>"
+
+
+class _NoStdin:
+    """Standard input that fails the test if anything reads it: no prompt may wait for an answer."""
+
+    def read(self, *args):
+        raise AssertionError("standard input was read")
+
+    readline = read
+
+    def isatty(self):
+        return True
+
+
+def test_a_base_that_names_its_own_code_is_refused_without_running_or_asking(base_dir, tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    custom = tmp_path / "custom"
+    shutil.copytree(base_dir, custom)
+    config = json.loads((custom / "config.json").read_text())
+    config.update(model_type="nl_custom", auto_map={"AutoConfig": "code.Config", "AutoModelForCausalLM": "code.Model"})
+    (custom / "config.json").write_text(json.dumps(config))
+    ran = tmp_path / "ran"
+    # Subclasses: transformers registers the classes it loads from a base's code, which must not be Llama's own.
+    (custom / "code.py").write_text(
+        f"open({str(ran)!r}, 'w').write('x')\n"
+        "from transformers import LlamaConfig, LlamaForCausalLM\n"
+        "class Config(LlamaConfig):\n    model_type = 'nl_custom'\n"
+        "class Model(LlamaForCausalLM):\n    config_class = Config\n")
+    monkeypatch.setattr("sys.stdin", _NoStdin())
+    with pytest.raises(ValueError, match=r"custom: its config names Python code of its own \(auto_map\), which is not "
+                                         r"run by default; set model.trust_remote_code: true"):
+        load_base_model(custom)
+    assert not ran.exists()
+    model, _ = load_base_model(custom, trust_remote_code=True)  # the setting that allows it: the code runs
+    assert ran.exists() and type(model).__name__ == "Model" and isinstance(model, LlamaForCausalLM)
+    assert getattr(LlamaForCausalLM, "_auto_class", None) is None  # Llama itself stays unregistered
+
+
+def _tiny_ginformer(path, layers=4):
+    from ginformer import GinformerConfig, GinformerForCausalLM
+
+    config = GinformerConfig(vocab_size=30, hidden_size=16, intermediate_size=32, num_hidden_layers=layers,
+                             num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32)
+    GinformerForCausalLM(config).save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("num_hidden_layers", 3, "config.json says num_hidden_layers=3, the weights hold 4 layers"),
+    ("num_hidden_layers", 6, "config.json says num_hidden_layers=6, the weights hold 4 layers"),
+    ("intermediate_size", 48, r"model.layers.0.mlp.down_proj.weight is \[16, 32\] in the weights but \[16, 48\] in "
+                              r"the model config.json describes \(and 11 more tensors\)"),
+])
+def test_weights_that_do_not_fit_their_config_are_refused_naming_both(tmp_path, field, value, message):
+    import json
+
+    directory = _tiny_ginformer(tmp_path / "model")
+    assert pretrained.load_exactly(AutoModelForCausalLM, "m", pretrained_model_name_or_path=directory) is not None
+    config = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps({**config, field: value}))
+    with pytest.raises(pretrained.WeightsMismatch, match=message):
+        pretrained.load_exactly(AutoModelForCausalLM, "m", pretrained_model_name_or_path=directory)
+
+
+class _Payload:
+    def __reduce__(self):
+        return (print, ("this ran",))
+
+
+def test_a_weights_file_holding_a_refused_pickle_is_named(tmp_path):
+    from ginformer.files import UnsafeFileError
+
+    directory = _tiny_ginformer(tmp_path / "model")
+    (directory / "model.safetensors").unlink()
+    torch.save({"weight": _Payload()}, directory / "pytorch_model.bin")
+    with pytest.raises(UnsafeFileError, match=r"model/pytorch_model.bin: refused to load the model's weights: .*"
+                                              r"Unsupported global: GLOBAL print was not an allowed global by default\); only"):
+        pretrained.load_exactly(AutoModelForCausalLM, "m", pretrained_model_name_or_path=directory)

@@ -2,22 +2,29 @@
 NaN stop, two processes. The same trainer serves fine-tuning (test_finetune.py) and the text task (test_text.py)."""
 
 import json
+import logging
 import math
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, TrainerCallback
 
 import ginformer
 from ginformer.data.batches import IGNORE_INDEX, CausalLMCollator, tokenize_with_prompt
 from ginformer.data.protein import ProteinRecord, format_protein_example, format_protein_prompt
 from ginformer.data.tokenizer import build_protein_tokenizer
+from ginformer.files import UnsafeFileError
 from ginformer.runs.config import load_run_settings
+from ginformer.runs.run_dir import RunLocked, checkpoint_problem
 from ginformer.runs.settings import ConfigError
 from ginformer.runs.train import TrainingDiverged, token_nll, train
 
@@ -204,6 +211,204 @@ def test_resume_reaches_the_same_losses_as_an_uninterrupted_run(tmp_path):
 
     with pytest.raises(ConfigError, match="model.hidden_size"):
         train(tiny_settings(tmp_path, *common, "training.run_name=resumed", "model.hidden_size=64"), resume=True)
+
+
+# ---------------------------------------------------------------------------------------------------- crash safety
+
+# Checkpoints at steps 3, 6 and 9; dropout and epochs ending mid-step, so a resume must restore RNG and data order.
+CRASH = ["data.max_train_examples=14", "training.per_device_train_batch_size=2",
+         "training.gradient_accumulation_steps=2", "training.max_steps=9", "model.gin_mlp_dropout=0.1"]
+WORKER = Path(__file__).parent / "crash_worker.py"
+RESUME_TOLERANCE = 1e-4  # as test_resume_reaches_the_same_losses_as_an_uninterrupted_run allows the losses
+
+
+def run_worker(tmp_path, point: str, step: int, *overrides: str, wait: bool = True):
+    """crash_worker.py in a subprocess: trains a tiny run and SIGKILLs itself at `point` of checkpoint-`step`."""
+    settings = [*TINY, f"training.output_root={tmp_path}", *overrides]
+    src = str(Path(ginformer.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, str(WORKER), point, str(step), json.dumps(settings)]
+    if not wait:
+        return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(run_dir / "model" / "model.safetensors")
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert sorted(a) == sorted(b)
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert worst <= RESUME_TOLERANCE, worst
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    """Every file under `directory` with its bytes: what "nothing changed on disk" compares."""
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The run every crash test must end up equal to."""
+    root = tmp_path_factory.mktemp("whole")
+    return train(tiny_settings(root, *CRASH, "training.run_name=whole"))
+
+
+@pytest.mark.parametrize("point", ["weights", "optimizer", "rename"])
+def test_kill_9_while_writing_a_checkpoint_then_resume_equals_an_uninterrupted_run(
+    tmp_path, point, uninterrupted, caplog
+):
+    result = run_worker(tmp_path, point, 6, *CRASH, "training.run_name=killed")
+    assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
+    run_dir = tmp_path / "killed"
+    # The half-written checkpoint-6 is nowhere under a checkpoint's name; checkpoint-3 is whole.
+    assert sorted(p.name for p in run_dir.glob("checkpoint-*")) == ["checkpoint-3"]
+    assert (run_dir / ".partial" / "checkpoint-6").is_dir()
+    written = (run_dir / "metrics.jsonl").read_text().splitlines()
+
+    with caplog.at_level(logging.INFO, logger="ginformer"):
+        train(tiny_settings(tmp_path, *CRASH, "training.run_name=killed"), resume=True)
+    assert "resuming from checkpoint-3" in caplog.text and "checkpoint-6 (in .partial/)" in caplog.text
+
+    assert_same_weights(final_weights(run_dir), final_weights(uninterrupted))
+    metrics = read_metrics(run_dir)
+    assert [m["step"] for m in metrics if m["event"] == "resume"] == [3]
+    # Nothing already written is lost: the events up to the checkpoint stay as they were written.
+    kept = [line for line in written if json.loads(line)["step"] <= 3]
+    assert (run_dir / "metrics.jsonl").read_text().splitlines()[: len(kept)] == kept
+    whole = read_metrics(uninterrupted)
+    for kind, key in (("train", "train_loss"), ("eval", "val_loss")):
+        a, b = events(whole, kind), events(metrics, kind)
+        assert sorted(a) == sorted(b)
+        assert all(abs(a[step][key] - b[step][key]) <= RESUME_TOLERANCE for step in a), kind
+    assert sorted(p.name for p in run_dir.iterdir()) == [
+        "checkpoint-3", "checkpoint-6", "checkpoint-9", "config.yaml", "metrics.jsonl", "model"]
+
+
+def test_resume_skips_damaged_checkpoints_names_them_and_equals_an_uninterrupted_run(
+    tmp_path, uninterrupted, caplog
+):
+    run_dir = tmp_path / "damaged"
+    shutil.copytree(uninterrupted, run_dir)
+    shutil.rmtree(run_dir / "model")
+    (run_dir / "checkpoint-9" / "model.safetensors").write_bytes(b"")  # zero-byte weights
+    state = run_dir / "checkpoint-6" / "trainer_state.json"
+    state.write_text(state.read_text()[:40])  # a truncated trainer state
+    with (run_dir / "metrics.jsonl").open("a") as f:
+        f.write('{"event": "train", "st')  # a torn last line
+
+    with caplog.at_level(logging.INFO, logger="ginformer"):
+        train(tiny_settings(tmp_path, *CRASH, "training.run_name=damaged"), resume=True)
+    assert "resuming from checkpoint-3" in caplog.text
+    assert "checkpoint-9: model.safetensors is empty (0 bytes)" in caplog.text
+    assert "checkpoint-6: trainer_state.json is not valid JSON" in caplog.text
+    assert "metrics.jsonl: line" in caplog.text and "torn" in caplog.text
+    assert_same_weights(final_weights(run_dir), final_weights(uninterrupted))
+    assert [m["step"] for m in read_metrics(run_dir) if m["event"] == "resume"] == [3]
+
+
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        (lambda c: (c / "trainer_state.json").write_text('{"global_step": "6"}'), "global_step='6', not a step"),
+        (lambda c: (c / "trainer_state.json").write_text('{"global_step": 3}'), "says step 3, but the directory"),
+        (lambda c: (c / "trainer_state.json").unlink(), "no trainer_state.json"),
+        (lambda c: os.truncate(c / "model.safetensors", 1000), "model.safetensors is truncated or corrupt"),
+        (lambda c: (c / "model.safetensors").unlink(), "no weights file"),
+        (lambda c: os.truncate(c / "optimizer.pt", 100), "optimizer.pt is truncated or corrupt"),
+        (lambda c: (c / "optimizer.pt").unlink(), "no optimizer state"),
+        (lambda c: (c / "scheduler.pt").write_bytes(b""), "scheduler.pt is empty"),
+        (lambda c: (c / "rng_state.pth").unlink(), "no RNG state"),
+    ],
+)
+def test_a_damaged_checkpoint_is_named_with_what_is_wrong(tmp_path, uninterrupted, damage, reason):
+    checkpoint = tmp_path / "checkpoint-6"
+    shutil.copytree(uninterrupted / "checkpoint-6", checkpoint)
+    assert checkpoint_problem(checkpoint, 6) is None
+    damage(checkpoint)
+    assert reason in checkpoint_problem(checkpoint, 6)
+
+
+def test_a_failed_or_refused_resume_changes_nothing_on_disk(tmp_path, uninterrupted):
+    run_dir = tmp_path / "whole"
+    shutil.copytree(uninterrupted, run_dir)
+    before = snapshot(run_dir)
+    with pytest.raises(ConfigError, match="model.hidden_size"):  # refused: another model
+        train(tiny_settings(tmp_path, *CRASH, "training.run_name=whole", "model.hidden_size=64"), resume=True)
+    assert snapshot(run_dir) == before
+
+    for checkpoint in run_dir.glob("checkpoint-*"):
+        (checkpoint / "optimizer.pt").write_bytes(b"")
+    before = snapshot(run_dir)
+    with pytest.raises(ValueError, match=r"no complete checkpoint \(checkpoint-9: optimizer.pt is empty.*checkpoint-3"):
+        train(tiny_settings(tmp_path, *CRASH, "training.run_name=whole"), resume=True)
+    assert snapshot(run_dir) == before
+
+    shutil.rmtree(run_dir)
+    shutil.copytree(uninterrupted, run_dir)
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    lines[2] = lines[2][:15]  # a damaged line in the middle: an error naming it, not a guess
+    (run_dir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    before = snapshot(run_dir)
+    with pytest.raises(ValueError, match=r"metrics.jsonl: line 3: not a JSON object"):
+        train(tiny_settings(tmp_path, *CRASH, "training.run_name=whole"), resume=True)
+    assert snapshot(run_dir) == before
+
+
+def test_a_checkpoint_holding_a_refused_pickle_is_refused_naming_the_file(tmp_path, uninterrupted):
+    run_dir = tmp_path / "whole"
+    shutil.copytree(uninterrupted, run_dir)
+    torch.save({"payload": _Payload()}, run_dir / "checkpoint-9" / "rng_state.pth")
+    before = snapshot(run_dir)
+    with pytest.raises(UnsafeFileError, match=r"checkpoint-9/rng_state.pth: refused to load"):
+        train(tiny_settings(tmp_path, *CRASH, "training.run_name=whole"), resume=True)
+    assert snapshot(run_dir) == before
+
+
+class _Payload:
+    """Unpickling it would call print: what torch's weights_only loading refuses."""
+
+    def __reduce__(self):
+        return (print, ("this ran",))
+
+
+def test_a_second_process_is_refused_while_one_trains_and_a_dead_ones_lock_is_taken_over(tmp_path, caplog):
+    holder = run_worker(tmp_path, "hold", 2, "training.run_name=shared", wait=False)
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "shared" / "holding").exists():
+            assert holder.poll() is None and time.monotonic() < deadline, holder.stderr and holder.stderr.read()
+            time.sleep(0.2)
+        before = snapshot(tmp_path / "shared")
+        for flags in ({}, {"resume": True}, {"overwrite": True}):
+            with pytest.raises(RunLocked, match=f"locked by process {holder.pid}, which is training into it"):
+                train(tiny_settings(tmp_path, "training.run_name=shared"), **flags)
+        assert snapshot(tmp_path / "shared") == before
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait()
+    assert (tmp_path / "shared" / ".lock").read_text().strip() == str(holder.pid)  # left by the killed process
+
+    with caplog.at_level(logging.INFO, logger="ginformer"):
+        run_dir = train(tiny_settings(tmp_path, "training.run_name=shared"), overwrite=True)
+    assert f"took over the lock of process {holder.pid}, which is no longer running" in caplog.text
+    assert (run_dir / "model").is_dir() and not (run_dir / ".lock").exists()
+
+
+def test_a_split_that_ends_up_empty_fails_before_training_naming_it(tmp_path):
+    corpus = tmp_path / "ten.txt"
+    corpus.write_text("abcdefghij")  # 9 training and 1 validation character: no validation block of 64
+    settings = load_run_settings(None, [
+        "data.task=text", f"data.source={corpus}", f"data.cache_dir={tmp_path / 'cache'}", "data.block_size=64",
+        "model.num_hidden_layers=1", "model.num_attention_heads=2", "model.hidden_size=16",
+        "model.intermediate_size=32", "model.max_position_embeddings=64", f"training.output_root={tmp_path}",
+        "training.run_name=ten", "training.max_steps=2",
+    ], side="scratch")
+    with pytest.raises(ConfigError, match=r"the validation split is empty \(training: 1 examples, validation: 0; 9 "
+                       r"training and 1 validation tokens in blocks of data.block_size=64"):
+        train(settings)
+    assert not settings.run_dir.exists()
 
 
 class _NanFromStep(TrainerCallback):

@@ -71,12 +71,14 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
                          "instead: lm-eval's name, gsm8k_bundled (lm-eval's GSM8K on local rows; --data names "
                          "another GSM8K-format file) or a task YAML; repeatable. --limit caps the documents")
     harness.add_argument("--lm-eval-tasks", action="append", type=Path, default=[], metavar="PATH",
-                         help="a task YAML, or a directory of them, for lm-eval to know (e.g. on a local JSON file)")
+                         help="a task YAML, or a directory of them, for lm-eval to know (e.g. on a local JSON file); "
+                         "a task whose YAML has !function tags runs that Python code when it is named")
     harness.add_argument("--num-fewshot", type=int, help="shots per document (default: each task's own)")
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from ginformer.runs.evaluate import evaluate_run, format_evaluation
+    from ginformer.runs.evaluate import VAL, evaluate_run, format_evaluation
+    from ginformer.runs.run_dir import RunDir
     from ginformer.tasks import TASKS
 
     if args.lm_eval:
@@ -89,7 +91,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         batch_size=args.batch_size,
     )
     print(format_evaluation(result, TASKS[result.task].columns))
-    print(f"\nwritten to {Path(result.run) / ('eval_' + ('val' if args.data is None else Path(args.data).stem))}.json")
+    print(f"\nwritten to {RunDir(result.run).evaluation(VAL if args.data is None else Path(args.data).stem)}")
 
 
 def _evaluate_lm_eval(args: argparse.Namespace) -> None:
@@ -168,6 +170,7 @@ def _generate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _generate(args: argparse.Namespace) -> None:
+    from ginformer.files import check_output_file
     from ginformer.runs.generate import RunGenerator, Sampling
 
     if args.prompts is None:
@@ -178,13 +181,16 @@ def _generate(args: argparse.Namespace) -> None:
     temperature = 1.0 if args.temperature is None else args.temperature
     options = {"max_new_tokens": args.max_new_tokens, "seed": args.seed,
                "sampling": Sampling(temperature, args.top_k, args.top_p) if sampled else None}
+    output = None
+    if args.prompts is not None:  # checked before the model loads: a bad output path is found in a second
+        output = args.output or args.prompts.with_suffix(".out.jsonl")
+        check_output_file(output, "--output", inputs=[args.prompts])
     generator = RunGenerator(args.run_dir)
     if args.prompt is not None:
         generator.continue_text(args.prompt, **options)
     elif args.chat:
         generator.chat(_user_lines(), **options)
     else:
-        output = args.output or args.prompts.with_suffix(".out.jsonl")
         count = generator.complete_file(args.prompts, output, batch_size=args.batch_size or 8, **options)
         print(f"{count} completions written to {output}")
 
@@ -328,7 +334,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileExistsError, FileNotFoundError, ModuleNotFoundError) as err:
         # Bad input (a config, a data file, a run directory): one line saying what to fix, no traceback;
         # exit code 2, as argparse uses for usage errors. ConfigError is a ValueError.
-        print(f"ginformer {args.command}: error: {err}", file=sys.stderr)
+        message = " ".join(str(err).split())  # one line, whatever the library's message looked like
+        print(f"ginformer {args.command}: error: {message}", file=sys.stderr)
         return 2
     finally:
         logging.getLogger("ginformer").removeHandler(notes)

@@ -113,7 +113,8 @@ def load_instruct(
 ) -> InstructData:
     """Every usable row of `source` as an InstructExample, with the format it was read in.
 
-    `columns` maps our names (text, prompt, completion, messages) to the source's. `format="auto"` picks the
+    `columns` maps our names (text, prompt, completion, messages) to the source's: a mapped column must be in the
+    source, and it wins over a source column that happens to bear our name. `format="auto"` picks the
     format from the columns (messages, then prompt/completion, then text); rows with another format's columns
     are an error naming rows that disagree. Within the format, a bad row (missing or empty field, an unknown
     role, a conversation with no assistant turn or whose last message is not the assistant's) is skipped with one
@@ -122,9 +123,14 @@ def load_instruct(
     """
     if on_bad_row not in ("skip", "error"):
         raise ValueError(f"on_bad_row must be 'skip' or 'error', got {on_bad_row!r}")
-    names = {**{name: name for names in FORMATS.values() for name in names}, **(columns or {})}
+    columns = dict(columns or {})
+    names = {**{name: name for names in FORMATS.values() for name in names}, **columns}
     records, name = read_records(source, SUFFIXES, hub_config=hub_config, hub_split=hub_split)
-    rows = [(where, _rename(row, names)) for where, row in records]
+    if not any(isinstance(row, dict) for _, row in records):
+        report_bad_rows(name, records, "error")  # the reader's reasons: no row is an object at all
+        raise ValueError(f"{name}: no rows in it")
+    _check_columns(records, columns, name)
+    rows = [(where, _rename(row, columns)) for where, row in records]
     chosen = _detect_format(rows, name, names) if format == "auto" else format
     if chosen not in FORMATS:
         raise ValueError(f"format must be one of {['auto', *FORMATS]}, got {format!r}")
@@ -145,12 +151,30 @@ def load_instruct(
     return InstructData(examples, chosen, conversational)
 
 
-def _rename(row: dict | str, names: Mapping[str, str]) -> dict | str:
-    """The row with the source's column names replaced by ours."""
+def _check_columns(records: list[tuple[str, dict | str]], columns: Mapping[str, str], name: str) -> None:
+    """Each column the mapping names is in the source, and no two of our names take the same column."""
+    taken: dict[str, str] = {}
+    for ours, theirs in columns.items():
+        if theirs in taken:
+            raise ValueError(f"the column mapping gives '{theirs}' to both {taken[theirs]} and {ours}: map each of "
+                             "our names to its own column")
+        taken[theirs] = ours
+    found = {key for _, row in records if isinstance(row, dict) for key in row}
+    for ours, theirs in columns.items():
+        if theirs not in found:
+            raise ValueError(f"{name}: the column mapping {{{ours}: {theirs}}} names a column '{theirs}' that no row "
+                             f"has (columns: {', '.join(sorted(found))}); fix data.columns")
+
+
+def _rename(row: dict | str, columns: Mapping[str, str]) -> dict | str:
+    """The row with each mapped column under our name. A column that already bears one of the mapped names of ours
+    is dropped: the mapping says where that field is, and another column of the same name must not stand in."""
     if isinstance(row, str):
         return row
-    theirs = {column: ours for ours, column in names.items()}
-    return {theirs.get(key, key): value for key, value in row.items()}
+    ours_of = {theirs: ours for ours, theirs in columns.items()}
+    renamed = {key: value for key, value in row.items() if key not in ours_of and key not in columns}
+    renamed.update((ours_of[key], value) for key, value in row.items() if key in ours_of)
+    return renamed
 
 
 def _detect_format(rows: list[tuple[str, dict | str]], name: str, names: Mapping[str, str]) -> Format:

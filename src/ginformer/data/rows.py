@@ -11,6 +11,8 @@ from collections.abc import Iterator, Sequence
 from importlib import resources
 from pathlib import Path
 
+from ginformer.files import decode_text, refuse_special_file
+
 # "owner/name" or "name" as the hub spells ids; a string of another shape that names no file is a missing file.
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
@@ -29,22 +31,46 @@ def bundled_path(relative: str) -> Path:
 def read_jsonl(path: Path) -> Iterator[tuple[int, dict | str]]:
     """(line number, object) for every non-blank line of a JSONL file, numbered from 1. A line that is not a JSON
     object comes as (line number, the reason), so that each loader reports it with its other bad rows; bytes that
-    are not UTF-8 stop the read with a ValueError naming the file, line and column."""
+    are not UTF-8 stop the read with a ValueError naming the file, line and column. A byte-order mark before the
+    first line and CRLF line ends are read as the encoding and line ends they are."""
+    refuse_special_file(path, "data file")
     with path.open("rb") as f:
         for number, raw in enumerate(f, start=1):
             try:
-                line = raw.decode("utf-8")
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
             except UnicodeDecodeError as err:
                 where = f"line {number}, column {err.start + 1}"
                 raise ValueError(f"{path}: {where}: not UTF-8 text ({err.reason})") from None
             if not line.strip():
                 continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                yield number, f"not valid JSON ({err.msg})"
-                continue
-            yield number, row if isinstance(row, dict) else f"a JSON {type(row).__name__}, expected an object"
+            yield number, _parse_json_object(line)
+
+
+def _parse_json_object(text: str) -> dict | str:
+    """One JSON object, or the reason it is not one: not JSON, another JSON type, nested too deeply to parse, or
+    holding a lone surrogate escape (\\ud800), which JSON allows and no UTF-8 text (nor tokenizer) takes."""
+    try:
+        row = json.loads(text)
+    except json.JSONDecodeError as err:
+        return f"not valid JSON ({err.msg})"
+    except RecursionError:
+        return "nested too deeply to read"
+    if not isinstance(row, dict):
+        return f"a JSON {type(row).__name__}, expected an object"
+    return _surrogate_problem(row, text) or row
+
+
+def _surrogate_problem(value: object, text: str) -> str | None:
+    if "\\u" not in text:  # a lone surrogate can only come from an escape
+        return None
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as err:
+        escape = err.object[err.start : err.end].encode("unicode_escape").decode()
+        return f"holds a lone surrogate escape ({escape}), which is not text"
+    except RecursionError:
+        return "nested too deeply to read"
+    return None
 
 
 def read_records(
@@ -59,6 +85,7 @@ def read_records(
     no type inference, so a protein sequence such as "NA" stays a string.
     """
     path = Path(source)
+    refuse_special_file(path, "data source")
     if path.exists():
         if path.is_dir() or path.suffix not in suffixes:
             raise ValueError(f"{path}: unsupported source; expected a file ending in {', '.join(suffixes)}")
@@ -71,16 +98,17 @@ def read_records(
 
 def _read_json(path: Path) -> list[tuple[str, dict | str]]:
     """A JSON file holding a list of objects."""
+    text = decode_text(path.read_bytes(), path)
     try:
-        rows = json.loads(path.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: byte {err.start}: not UTF-8 text ({err.reason})") from None
+        rows = json.loads(text)
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: nested too deeply to read") from None
     if not isinstance(rows, list):
         raise ValueError(f"{path}: a JSON {type(rows).__name__}; expected a list of objects (or use .jsonl)")
-    return [(f"row {i}", row if isinstance(row, dict) else f"a JSON {type(row).__name__}, expected an object")
-            for i, row in enumerate(rows)]
+    return [(f"row {i}", (_surrogate_problem(row, text) or row) if isinstance(row, dict)
+             else f"a JSON {type(row).__name__}, expected an object") for i, row in enumerate(rows)]
 
 
 def _read_parquet(path: Path) -> list[tuple[str, dict | str]]:
@@ -91,7 +119,7 @@ def _read_parquet(path: Path) -> list[tuple[str, dict | str]]:
 
 def _read_csv(path: Path) -> list[tuple[str, dict | str]]:
     try:
-        with path.open(newline="", encoding="utf-8") as f:
+        with path.open(newline="", encoding="utf-8-sig") as f:
             return [(f"row {i}", row) for i, row in enumerate(csv.DictReader(f))]
     except UnicodeDecodeError as err:
         raise ValueError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None

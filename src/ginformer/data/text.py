@@ -11,7 +11,8 @@ Pipeline::
 A split's token stream is ``doc₁ <eos> doc₂ <eos> … docₙ``: the tokenizer's eos token separates documents (none
 after the last), so a corpus of one file is exactly its characters' ids, as in nanoGPT's ``shakespeare_char``.
 Empty documents are dropped (they would only add a second separator). The text is taken as stored: no newline
-translation, no stripping; a document that contains the text of a special token (say ``<|endoftext|>``) is
+translation, no stripping (a byte-order mark at the start of a file is dropped: it marks the encoding, it is not
+text); a document that contains the text of a special token (say ``<|endoftext|>``) is
 tokenized as ordinary text, so the only special ids in a stream are the separators put there.
 
 Memory. The corpus is read three times, never held whole: once to count characters (and to validate every file,
@@ -56,6 +57,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedToken
 
 from ginformer.data.rows import HUB_ID, load_hub_dataset, read_jsonl
 from ginformer.data.tokenizer import TEXT_SPECIAL_TOKENS, UNK, build_byte_tokenizer, build_char_tokenizer
+from ginformer.files import UTF8_BOM, check_output_dir, refuse_special_file
 from ginformer.pretrained import load_base_tokenizer
 
 Split = Literal["position", "document"]
@@ -67,8 +69,9 @@ SUFFIXES = (".txt", ".jsonl", ".parquet")
 CHUNK_BYTES = 1 << 16
 BATCH_CHARS = 1 << 20
 PARQUET_BATCH_ROWS = 1024
-CACHE_FORMAT = 1  # bump when the files or the way ids are made change, so old caches are not reused
+CACHE_FORMAT = 2  # bump when the files or the way ids are made change, so old caches are not reused
 META = "meta.json"
+UTF8_BOM_BYTES = UTF8_BOM.encode("utf-8")
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,8 @@ def tokenize_corpus(
     the files. Without it, the ids are plain in-memory arrays.
     """
     _check_settings(split, val_fraction, split_seed)
+    if cache_dir is not None:
+        check_output_dir(cache_dir, "cache_dir")
     corpus = _open_source(source, text_column)
     resolved = None if _is_spec(tokenizer, "char") else _resolve_tokenizer(tokenizer)
 
@@ -249,8 +254,12 @@ class _Corpus:
 def _open_source(source: str | Path, text_column: str) -> _Corpus:
     """Check that the source exists and has a supported kind; reading and validating wait for ``read()``."""
     path = Path(source)
+    refuse_special_file(path, "text source")
     if path.is_dir():
-        files = sorted((p for p in path.rglob("*.txt") if p.is_file()), key=lambda p: p.relative_to(path).as_posix())
+        files = sorted(path.rglob("*.txt"), key=lambda p: p.relative_to(path).as_posix())
+        for file in files:
+            refuse_special_file(file, f"in the text source {path}, the file")
+        files = [file for file in files if file.is_file()]  # a folder named *.txt is not a document
         if not files:
             raise ValueError(f"{path}: folder has no .txt files (searched recursively)")
         identity = {"folder": str(path.resolve()), "files": [_file_identity(f, path) for f in files]}
@@ -298,6 +307,8 @@ def _text_file_pieces(path: Path) -> Iterator[str]:
                 if data:
                     yield _decode(data, path, offset, line)
                 return
+            if offset == 0 and data.startswith(UTF8_BOM_BYTES):  # an encoding marker, not text
+                data, offset = data[len(UTF8_BOM_BYTES) :], len(UTF8_BOM_BYTES)
             cut = _piece_end(data)
             if cut == 0:
                 pending = data
@@ -708,7 +719,7 @@ def _load_cached(directory: Path, tokenizer: PreTrainedTokenizerBase | None, nam
     """The finished cache in ``directory``; the char tokenizer comes from it, any other is the one given."""
     meta = json.loads((directory / META).read_text())
     if tokenizer is None:
-        tokenizer = AutoTokenizer.from_pretrained(directory / "tokenizer")
+        tokenizer = AutoTokenizer.from_pretrained(directory / "tokenizer", trust_remote_code=False)
     dtype = np.dtype(meta["dtype"])
     splits = []
     for side in ("train", "val"):

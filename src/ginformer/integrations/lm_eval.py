@@ -8,6 +8,10 @@ Tasks are named as lm-eval names them (its own tasks read their data from the hu
 not reach), or are task YAML files: a directory or file given as `task_paths` is searched for them, and a YAML
 whose `dataset_path: json` and `dataset_kwargs: {data_files: ...}` name a local JSON file runs offline.
 
+A task YAML runs Python code when it names any (lm-eval's `!function module.name` tags, in its `process_docs`,
+`doc_to_text`, metrics, filters): lm-eval imports the module beside the YAML when that task is named. Name only
+task files you trust, as you would run their code; ginformer notes each such file it is given.
+
 `gsm8k_bundled` is lm-eval's own GSM8K task (its prompt "Question: ...\\nAnswer:", 5 shots, and its strict-match
 and flexible-extract exact-match filters: the numbers published for GSM8K) on local rows: the test documents are
 the validation split that ginformer's gsm8k task holds out of the bundled data/gsm8k/train.jsonl (or of
@@ -19,7 +23,7 @@ published numbers, not the same rows.
 from __future__ import annotations
 
 import json
-import re
+import logging
 from collections.abc import Sequence
 from functools import lru_cache, partial
 from pathlib import Path
@@ -29,6 +33,8 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 BUNDLED_GSM8K = "gsm8k_bundled"
+
+logger = logging.getLogger(__name__)
 
 
 def gsm8k_task(source: str | Path | None = None) -> dict[str, Any]:
@@ -109,10 +115,25 @@ def evaluate_model(
     if unknown:
         raise ValueError(f"unknown lm-eval task(s) {unknown}: use lm-eval's names, {BUNDLED_GSM8K}, or a task YAML "
                          "(with --lm-eval-tasks naming its directory)")
+    for path in code_running_task_files(paths):
+        logger.info("%s names Python code (!function): lm-eval runs it when that task is evaluated", path)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, backend="causal", batch_size=batch_size)
-    results = simple_evaluate(model=lm, tasks=specs, task_manager=manager, num_fewshot=num_fewshot, limit=limit,
-                              log_samples=False)
+    try:
+        results = simple_evaluate(model=lm, tasks=specs, task_manager=manager, num_fewshot=num_fewshot, limit=limit,
+                                  log_samples=False)
+    except ConnectionError as err:  # the model is in memory: what lm-eval could not reach is a task's data
+        raise ValueError(
+            f"lm-eval task(s) {', '.join(map(str, tasks))}: {err}: their data is on the Hugging Face Hub, which this "
+            "machine cannot reach. Run where it can, or describe the task on a local file (a task YAML with "
+            f"dataset_path: json, given with --lm-eval-tasks; or {BUNDLED_GSM8K})"
+        ) from None
     return {key: results[key] for key in ("results", "n-shot", "n-samples", "versions") if key in results}
+
+
+def code_running_task_files(paths: Sequence[str | Path]) -> list[Path]:
+    """The task YAML files among `paths` (files, or directories searched recursively) that name Python code."""
+    files = [f for p in map(Path, paths) for f in ([p] if p.is_file() else sorted(p.rglob("*.y*ml")))]
+    return [f for f in files if f.is_file() and "!function" in f.read_text(errors="replace")]
 
 
 @lru_cache(maxsize=4)
@@ -124,18 +145,22 @@ def _task_manager_with_lm_evals_tasks(paths: tuple[str, ...]):
 
 def evaluate_run_lm_eval(run_dir: str | Path, tasks: Sequence[str], write: bool = True, **options: Any) -> dict:
     """`evaluate_model` on a finished run's model and tokenizer; written to <run>/lm_eval_<tasks>.json."""
+    from ginformer.files import atomic_write_text, check_output_file
     from ginformer.runs.evaluate import load_run
 
+    if write:
+        check_output_file(output_path(run_dir, tasks), "the lm-eval results file")
     _, model, tokenizer = load_run(run_dir)
     results = evaluate_model(model, tokenizer, tasks, **options)
     if write:
-        output_path(run_dir, tasks).write_text(json.dumps(results, indent=2, default=str) + "\n")
+        atomic_write_text(output_path(run_dir, tasks), json.dumps(results, indent=2, default=str) + "\n")
     return results
 
 
 def output_path(run_dir: str | Path, tasks: Sequence[str]) -> Path:
-    names = "_".join(re.sub(r"[^\w.-]", "_", Path(task).stem) for task in tasks)
-    return Path(run_dir) / f"lm_eval_{names}.json"
+    from ginformer.runs.run_dir import RunDir
+
+    return RunDir(run_dir).lm_eval(tasks)
 
 
 def format_results(results: dict[str, Any]) -> str:

@@ -66,16 +66,17 @@ from ginformer.runs.config import (
     run_settings_from_dict,
     side_name,
 )
-from ginformer.runs.evaluate import check_options, evaluate_run
+from ginformer.files import atomic_write_text, atomic_writer, check_output_dir
+from ginformer.runs.evaluate import VAL, check_options, evaluate_run
+from ginformer.runs.run_dir import RunDir
 from ginformer.runs.settings import ConfigError
-from ginformer.runs.train import METRICS_FILE, changed_settings, read_saved_config, train
+from ginformer.runs.train import changed_settings, train
 from ginformer.viz import plots
 
 REQUIRED_KEYS = ("name", "seeds", "variants")
 OPTIONAL_KEYS = ("target_params", "baseline", "evaluate")
 EVALUATE_KEYS = ("limit", "generate", "max_new_tokens", "batch_size")
 COMPARE_FILE = "compare.yaml"  # the resolved compare config, written into the comparison directory
-EVAL_FILE = "eval_val.json"
 FIGURES_DIR = "figures"
 BASELINE = "base"  # the frozen base's directory and its name in tables
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+=-]*")  # a comparison or variant name becomes a directory name
@@ -256,6 +257,7 @@ def run_comparison(settings: CompareSettings, overwrite: bool = False, only: Seq
     `only` ("variant" or "variant/seedK", "base") trains and evaluates just those runs, so several processes
     can share a machine's accelerator; the summary is written once no run is pending."""
     root = settings.root
+    check_output_dir(root, "the comparison directory (training.output_root/name)")
     if settings.side == "scratch":
         variant_parameters(settings)  # fail on a variant that cannot be sized before anything trains
     if overwrite and only:
@@ -274,17 +276,17 @@ def run_comparison(settings: CompareSettings, overwrite: bool = False, only: Seq
             raise ConfigError(f"--only {', '.join(unknown)}: no such run; runs: {', '.join(sorted(names))}")
         plan = [(v, s, run) for v, s, run in plan if v in only or _name(v, s) in only]
     root.mkdir(parents=True, exist_ok=True)
-    (root / COMPARE_FILE).write_text(yaml.safe_dump(settings.to_dict(), sort_keys=False))
+    atomic_write_text(root / COMPARE_FILE, yaml.safe_dump(settings.to_dict(), sort_keys=False))
 
     progress = tqdm(plan, desc="compare", unit="run", disable=None)
     for variant, seed, run in progress:
         progress.set_postfix_str(_name(variant, seed))
-        run_dir = run.run_dir
+        run_dir = RunDir(run.run_dir)
         if not _finished(run):
-            checkpoint = any(run_dir.glob("checkpoint-*"))
-            train(run, resume=checkpoint, overwrite=run_dir.exists() and not checkpoint)
-        if not (run_dir / EVAL_FILE).is_file():
-            evaluate_run(run_dir, **settings.evaluate)
+            checkpoint = bool(run_dir.checkpoints())
+            train(run, resume=checkpoint, overwrite=run_dir.holds_files() and not checkpoint)
+        if not run_dir.evaluation(VAL).is_file():
+            evaluate_run(run_dir.path, **settings.evaluate)
     if not pending_runs(settings):
         write_summary(settings)
     return root
@@ -299,7 +301,7 @@ def planned_runs(settings: CompareSettings) -> list[tuple[str, int | None, RunSe
 def pending_runs(settings: CompareSettings) -> list[str]:
     """The runs not yet trained and evaluated, as "variant/seedK" (or "base")."""
     return [_name(v, s) for v, s, run in planned_runs(settings)
-            if not (_finished(run) and (run.run_dir / EVAL_FILE).is_file())]
+            if not (_finished(run) and RunDir(run.run_dir).evaluation(VAL).is_file())]
 
 
 def _name(variant: str, seed: int | None) -> str:
@@ -309,15 +311,15 @@ def _name(variant: str, seed: int | None) -> str:
 def _finished(run: RunSettings) -> bool:
     """A trained run is finished once its final weights are saved; the frozen base, once it has been evaluated
     (its metrics.jsonl starts before the evaluation, which an interruption can cut off)."""
+    run_dir = RunDir(run.run_dir)
     if run.side.trains(run.model):
-        return (run.run_dir / run.side.final_dir).exists()
-    return (run.run_dir / METRICS_FILE).is_file() and any(
-        event.get("event") == "eval" for event in read_metrics(run.run_dir))
+        return run_dir.final(run.side.final_dir).exists()
+    return any(event["event"] == "eval" for event in run_dir.read_metrics())
 
 
 def refuse_changed_run(run_dir: Path, wanted: dict[str, dict[str, Any]]) -> None:
     """A finished run is reused only when its saved config.yaml holds exactly the `wanted` settings."""
-    changed = changed_settings(read_saved_config(run_dir), wanted, SECTIONS)
+    changed = changed_settings(RunDir(run_dir).read_config(), wanted, SECTIONS)
     if changed:
         raise FileExistsError(
             f"{run_dir} was trained with other settings ({', '.join(changed)}); pass --overwrite to retrain "
@@ -325,9 +327,9 @@ def refuse_changed_run(run_dir: Path, wanted: dict[str, dict[str, Any]]) -> None
         )
 
 
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """The events of a run's metrics.jsonl, in order."""
-    return [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines() if line]
+def read_evaluation(run_dir: Path) -> dict[str, Any]:
+    """A run's evaluation on its validation split (runs/evaluate.py)."""
+    return json.loads(RunDir(run_dir).evaluation(VAL).read_text())
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -482,12 +484,12 @@ def read_runs(settings: CompareSettings) -> tuple[list[RunSummary], RunSummary |
     evaluation: every run shares the data)."""
     runs, evaluation = [], None
     for variant, seed, run in settings.runs():
-        evaluation = json.loads((run.run_dir / EVAL_FILE).read_text())
-        runs.append(run_summary(variant, seed, read_metrics(run.run_dir), evaluation))
+        evaluation = read_evaluation(run.run_dir)
+        runs.append(run_summary(variant, seed, RunDir(run.run_dir).read_metrics(), evaluation))
     base = None
     if settings.baseline:
         base_dir = settings.baseline_settings().run_dir
-        base = run_summary(BASELINE, None, read_metrics(base_dir), json.loads((base_dir / EVAL_FILE).read_text()))
+        base = run_summary(BASELINE, None, RunDir(base_dir).read_metrics(), read_evaluation(base_dir))
     baselines = {"min_val_perplexity": evaluation["unigram_perplexity"],
                  "final_val_perplexity": evaluation["unigram_perplexity"], **evaluation["baselines"]}
     return runs, base, {**baselines, "examples": evaluation["examples"], "notes": evaluation["notes"]}
@@ -500,7 +502,7 @@ def write_summary(settings: CompareSettings) -> Path:
     task = settings.run_settings(next(iter(settings.variants)), settings.seeds[0]).task()
     figures = write_figures(settings, runs, base, task.columns)
     _write_csv(root, runs, base, baselines, task.columns)
-    (root / "summary.md").write_text(summary_markdown(settings, runs, base, baselines, figures))
+    atomic_write_text(root / "summary.md", summary_markdown(settings, runs, base, baselines, figures))
     return root / "summary.md"
 
 
@@ -571,7 +573,7 @@ def _write_csv(
     root: Path, runs: Sequence[RunSummary], base: RunSummary | None, baselines: Mapping[str, Any], task_columns
 ) -> None:
     keys = [key for key, _, _ in columns([*runs, *([base] if base else [])], task_columns)]
-    with (root / "summary.csv").open("w", newline="") as f:
+    with atomic_writer(root / "summary.csv", newline="") as f:
         writer = csv.writer(f)
         stats_header = [f"{k}_{s}" for k in keys for s in ("mean", "std")]
         writer.writerow(["variant", "parameters", "seeds", "n_seeds", *stats_header])
@@ -584,7 +586,7 @@ def _write_csv(
             seeds = " ".join(str(r.seed) for r in group if r.seed is not None)
             writer.writerow([variant, group[0].parameters, seeds, len(group), *stats])
         writer.writerow(["baseline", "", "", "", *(x for k in keys for x in (baselines.get(k, ""), ""))])
-    with (root / "runs.csv").open("w", newline="") as f:
+    with atomic_writer(root / "runs.csv", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["variant", "seed", "parameters", "hidden_size", "steps", "best_step", *keys])
         for run in [*runs, *([base] if base else [])]:
@@ -600,7 +602,7 @@ def training_curves(runs: Sequence[tuple[str, Path]]) -> dict[str, dict[str, lis
     """metric -> variant -> one (step, value) list per run, for train_loss and val_perplexity."""
     curves: dict[str, dict[str, list]] = {"train_loss": {}, "val_perplexity": {}}
     for variant, run_dir in runs:
-        metrics = read_metrics(run_dir)
+        metrics = RunDir(run_dir).read_metrics()
         for key, event in (("train_loss", "train"), ("val_perplexity", "eval")):
             points = sorted({e["step"]: e[key] for e in metrics if e["event"] == event}.items())
             curves[key].setdefault(variant, []).append(points)

@@ -25,11 +25,13 @@ import yaml
 from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
 from transformers.training_args import OptimizerNames
 
+from ginformer.files import atomic_write_text, read_text_file, refuse_special_file
 from ginformer.runs.models import MODEL_SIDES, ModelSide, side_of
 from ginformer.runs.settings import (
     ConfigError,
     build_settings,
     check_fields,
+    load_yaml,
     positive,
     require,
     section_mapping,
@@ -177,10 +179,7 @@ def apply_overrides(raw: Mapping[str, Any] | None, overrides: Sequence[str], dep
         keys = path.strip().split(".")
         if not sep or len(keys) < depth or not all(keys):
             raise ConfigError(f"--set expects section.key=value (e.g. training.max_steps=20), got {text!r}")
-        try:
-            parsed = yaml.safe_load(value) if value.strip() else None
-        except yaml.YAMLError as err:
-            raise ConfigError(f"--set {path}: cannot parse value {value!r} as YAML ({err.problem})") from None
+        parsed = load_yaml(value, f"--set {path}") if value.strip() else None
         node = merged
         for level, key in enumerate(keys[:-1]):
             child = node.get(key)
@@ -206,17 +205,13 @@ def bundled_config(name: str) -> Path:
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """A YAML config file as a mapping: the path as given, else a bundled config of that name."""
     path = Path(path)
+    refuse_special_file(path, "config file")
     if not path.is_file():
         bundled = bundled_config(path.name)
         if path.parent != Path(".") or not bundled.is_file():
             raise ConfigError(f"config file not found: {path} (bundled configs: {', '.join(bundled_configs())})")
         path = bundled
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {err}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path} is not UTF-8 text") from None
+    raw = load_yaml(read_text_file(path), str(path))
     if raw is None:
         return {}
     if not isinstance(raw, Mapping):
@@ -232,5 +227,10 @@ def load_run_settings(
     return run_settings_from_dict(apply_overrides(raw, overrides), side)
 
 
+def settings_yaml(settings: RunSettings) -> str:
+    """The settings as a run config file's text, which `load_run_settings` reads back."""
+    return yaml.safe_dump(settings.to_dict(), sort_keys=False)
+
+
 def save_run_settings(settings: RunSettings, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(settings.to_dict(), sort_keys=False))
+    atomic_write_text(path, settings_yaml(settings))

@@ -30,9 +30,14 @@ import torch
 from tqdm.auto import tqdm
 
 from ginformer.data.batches import CausalLMCollator, target_counts
+from ginformer.files import atomic_write_text, check_output_file, refuse_special_file
 from ginformer.runs.config import RunSettings, load_run_settings
-from ginformer.runs.train import CONFIG_FILE, METRICS_FILE, perplexity, token_nll
+from ginformer.runs.run_dir import RunDir
+from ginformer.runs.train import perplexity, token_nll
 from ginformer.tasks import Column, Generation, Losses, Task
+
+
+VAL = "val"  # the name of the run's own validation split in evaluation files
 
 
 @dataclass(frozen=True)
@@ -57,17 +62,18 @@ class Evaluation:
 
 def finished_run_settings(run_dir: Path) -> RunSettings:
     """The settings of a finished run directory; a clear error for a missing, foreign or unfinished one."""
-    if not run_dir.is_dir():
+    run = RunDir(run_dir)
+    if not run.path.is_dir():
         raise FileNotFoundError(f"run directory not found: {run_dir}")
-    if not (run_dir / CONFIG_FILE).is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run directory: it has no {CONFIG_FILE}")
-    settings = load_run_settings(run_dir / CONFIG_FILE)
+    if not run.config_path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run directory: it has no {run.config_path.name}")
+    settings = load_run_settings(run.config_path)
     side = settings.side
-    if side.trains(settings.model) and not (run_dir / side.final_dir).is_dir():
+    if side.trains(settings.model) and not run.final(side.final_dir).is_dir():
         verb = "pretrain" if side.name == "scratch" else "finetune"
         raise FileNotFoundError(
             f"{run_dir} has no {side.final_dir}/: the run has not finished; continue it with "
-            f"`ginformer {verb} --config {run_dir / CONFIG_FILE} --resume`"
+            f"`ginformer {verb} --config {run.config_path} --resume`"
         )
     return settings
 
@@ -100,8 +106,15 @@ def evaluate_run(
                         ("batch_size", batch_size)):
         if value is not None and value < (0 if name == "generate" else 1):
             raise ValueError(f"{name} must be >= {0 if name == 'generate' else 1}, got {value}")
-    if data is not None and not Path(data).is_file():
-        raise FileNotFoundError(f"data file not found: {data}")
+    if data is not None:
+        refuse_special_file(data, "data file")
+        if not Path(data).is_file():
+            raise FileNotFoundError(f"data file not found: {data}")
+        if Path(data).stem == VAL:
+            raise ValueError(f"{data}: its results would go to {RunDir(run_dir).evaluation(VAL).name}, the run's own "
+                             "validation evaluation (which comparisons read): rename the file")
+    if write:
+        check_output_file(RunDir(run_dir).evaluation(VAL if data is None else Path(data).stem), "the evaluation file")
     settings = finished_run_settings(run_dir)
     task = settings.task()
     check_options(task, generate=generate, max_new_tokens=max_new_tokens)
@@ -120,7 +133,7 @@ def evaluate_run(
         task=task.name,
         model=settings.side.describe(settings.model),
         parameters=_trainable_parameters(run_dir),
-        data="val" if data is None else str(data),
+        data=VAL if data is None else str(data),
         examples=len(held_out.features),
         trained_on=held_out.trained_on,
         loss=loss,
@@ -137,10 +150,11 @@ def evaluate_run(
             stacklevel=2,
         )
     if write:
-        (run_dir / f"eval_{held_out.name}.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        run = RunDir(run_dir)
+        atomic_write_text(run.evaluation(held_out.name), json.dumps(result.to_dict(), indent=2) + "\n")
         if scores.generations:
-            with (run_dir / f"eval_{held_out.name}_generations.jsonl").open("w") as f:
-                f.writelines(json.dumps(row) + "\n" for row in scores.generations)
+            atomic_write_text(run.generations(held_out.name),
+                              "".join(json.dumps(row) + "\n" for row in scores.generations))
     return result
 
 
@@ -182,11 +196,7 @@ def unigram_loss(train_counts: np.ndarray, eval_counts: np.ndarray) -> float:
 
 def _trainable_parameters(run_dir: Path) -> int:
     """The trainable-parameter count the run recorded when it started."""
-    for line in (run_dir / METRICS_FILE).read_text().splitlines():
-        event = json.loads(line) if line else {}
-        if event.get("event") == "start":
-            return event["parameters"]
-    raise ValueError(f"{run_dir / METRICS_FILE} has no start event")
+    return RunDir(run_dir).start_event()["parameters"]
 
 
 def format_evaluation(result: Evaluation, columns: Sequence[Column]) -> str:

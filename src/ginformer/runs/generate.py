@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, TextStreamer
 
 from ginformer.data.rows import read_records
+from ginformer.files import atomic_write_text, check_output_file, decode_text, refuse_special_file
 
 
 @dataclass(frozen=True)
@@ -183,7 +184,9 @@ class RunGenerator:
         """Answer every prompt of a file, batched, into a JSONL of {where, prompt, completion}; returns the count.
 
         `prompts`: a .txt file (one prompt per line) or a .jsonl file whose rows hold a `prompt` (a string, or a
-        list of {role, content} messages) or `messages` (a conversation so far)."""
+        list of {role, content} messages) or `messages` (a conversation so far). `output` is written whole when
+        every answer is done, and may not be `prompts`."""
+        check_output_file(output, "output file", inputs=[prompts])
         rows = read_prompts(Path(prompts))
         torch.manual_seed(seed)
         ids = [self.encode(prompt) for _, prompt in rows]
@@ -194,10 +197,9 @@ class RunGenerator:
                              f"{window} positions the model was trained on")
         new = generate_batched(self.model, self.tokenizer, ids, max_new_tokens=max_new_tokens, batch_size=batch_size,
                                stop=self.stop, sampling=sampling)
-        with Path(output).open("w") as f:
-            for (where, prompt), answer in zip(rows, new):
-                f.write(json.dumps({"where": where, "prompt": prompt, "completion": self.text(answer)},
-                                   ensure_ascii=False) + "\n")
+        atomic_write_text(output, "".join(
+            json.dumps({"where": where, "prompt": prompt, "completion": self.text(answer)}, ensure_ascii=False) + "\n"
+            for (where, prompt), answer in zip(rows, new)))
         return len(rows)
 
     def chat(self, lines: Iterable[str], *, max_new_tokens: int = 256, sampling: Sampling | None = None,
@@ -229,6 +231,7 @@ class RunGenerator:
 
 def read_prompts(path: Path) -> list[tuple[str, str | list]]:
     """(where, prompt) pairs of a prompts file: .txt lines, or .jsonl rows with `prompt` or `messages`."""
+    refuse_special_file(path, "prompts file")
     if not path.is_file():
         raise FileNotFoundError(f"prompts file not found: {path}")
     if path.suffix == ".jsonl":
@@ -240,10 +243,7 @@ def read_prompts(path: Path) -> list[tuple[str, str | list]]:
                                  f"'messages'" + (f" ({row})" if isinstance(row, str) else ""))
             rows.append((where, prompt))
         return rows
-    try:
-        lines = path.read_bytes().decode("utf-8").splitlines()
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: byte {err.start}: not UTF-8 text") from None
+    lines = decode_text(path.read_bytes(), path).splitlines()
     rows = [(f"line {n}", line) for n, line in enumerate(lines, start=1) if line.strip()]
     if not rows:
         raise ValueError(f"{path}: no prompt in it")

@@ -13,6 +13,7 @@ that metrics.jsonl records (α, ε, PNA's λ per layer from scratch; Sparse-GIN'
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
@@ -27,10 +28,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from ginformer.adapter import SparseGINConfig, SparseGINLayer, SparseGINModel, get_sparse_gin_model
 from ginformer.adapter.host import HostMismatch, probe
+from ginformer.adapter.hub import CONFIG_NAME
 from ginformer.adapter.lora import LoraTarget, get_lora_model, lora_config_for_budget, lora_target_modules
 from ginformer.modeling import GinformerForCausalLM
-from ginformer.pretrained import load_base_model, load_base_tokenizer
-from ginformer.runs.settings import ConfigError, check_fields, positive, require
+from ginformer.files import UnsafeFileError, read_text_file
+from ginformer.pretrained import WeightsMismatch, load_base_model, load_base_tokenizer, load_exactly
+from ginformer.runs.settings import ConfigError, build_settings, check_fields, positive, require
 from ginformer.sizing import count_parameters
 
 # ---------------------------------------------------------------------------------------------------- settings
@@ -135,6 +138,9 @@ class PretrainedModelSettings:
     """A frozen pretrained model and what is trained on top of it."""
 
     base: str = "smollm2"  # "smollm2" (the bundled SmolLM2-135M-Instruct), a local model directory or a hub id
+    # Run the Python code a base's config names (its own model class, tokenizer): that code runs on this machine
+    # with your rights, so only for a base you trust. False: such a base is refused.
+    trust_remote_code: bool = False
     # The frozen base's weights: bfloat16 halves their memory (what a 3B base needs); trained adapters (Sparse-GIN,
     # LoRA) stay float32 either way.
     base_dtype: Literal["float32", "bfloat16"] = "float32"
@@ -222,8 +228,9 @@ class Scratch(ModelSide):
         import ginformer  # noqa: F401  (registers the ginformer model type with the Auto classes)
 
         directory = run_dir / self.final_dir
-        model = read_weights(directory, lambda: AutoModelForCausalLM.from_pretrained(directory))
-        return model.to(_device()).eval(), AutoTokenizer.from_pretrained(directory)
+        model = read_weights(directory, lambda: load_exactly(
+            AutoModelForCausalLM, str(directory), pretrained_model_name_or_path=directory, trust_remote_code=False))
+        return model.to(_device()).eval(), AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
 
     def graph_scalars(self, model: torch.nn.Module) -> dict[str, list]:
         return model.graph_parameters() if hasattr(model, "graph_parameters") else {}
@@ -304,12 +311,13 @@ class Pretrained(ModelSide):
     }
 
     def base_tokenizer(self, settings: PretrainedModelSettings) -> PreTrainedTokenizerBase:
-        return load_base_tokenizer(settings.base)
+        return load_base_tokenizer(settings.base, settings.trust_remote_code)
 
     def build(self, settings: PretrainedModelSettings, tokenizer: PreTrainedTokenizerBase) -> BuiltModel:
         """Load the base and wrap it as `settings.method` asks; the base's weights are frozen in every case."""
         base, _ = load_base_model(
-            settings.base, dtype=getattr(torch, settings.base_dtype), attn_implementation=settings.attn_implementation
+            settings.base, dtype=getattr(torch, settings.base_dtype), attn_implementation=settings.attn_implementation,
+            trust_remote_code=settings.trust_remote_code,
         )
         base.requires_grad_(False)
         build, _ = METHODS[settings.method]
@@ -323,13 +331,16 @@ class Pretrained(ModelSide):
 
     def load(self, run_dir: Path, settings: PretrainedModelSettings):
         adapter = run_dir / self.final_dir
+        if settings.method == "sparse-gin":
+            check_adapter_description(adapter)
         base, tokenizer = load_base_model(
-            settings.base, dtype=getattr(torch, settings.base_dtype), attn_implementation=settings.attn_implementation
+            settings.base, dtype=getattr(torch, settings.base_dtype), attn_implementation=settings.attn_implementation,
+            trust_remote_code=settings.trust_remote_code,
         )
         _, attach = METHODS[settings.method]
         model = base if attach is None else read_weights(adapter, lambda: attach(base, adapter))
         if attach is not None:
-            tokenizer = AutoTokenizer.from_pretrained(adapter)
+            tokenizer = AutoTokenizer.from_pretrained(adapter, trust_remote_code=False)
         return model.to(_device()).eval(), tokenizer
 
     def save(self, trainer: Trainer, directory: Path, data: str) -> None:
@@ -378,17 +389,50 @@ def sparse_gin_parameter_count(model: PreTrainedModel, config: SparseGINConfig) 
 
 
 def read_weights(directory: Path, load: Callable[[], torch.nn.Module]) -> torch.nn.Module:
-    """`load()`, with a truncated or corrupt weights file reported as one clear error naming the directory."""
+    """`load()`, with a saved model that cannot be read reported as one clear error naming the directory: a
+    weights file that is truncated or corrupt as such, any other fault (a config field, weights that do not fit)
+    as what it is."""
     try:
         return load()
-    except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as err:
+    except (WeightsMismatch, UnsafeFileError):
+        raise
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError, SafetensorError) as err:
         if not directory.is_dir():
             raise FileNotFoundError(f"{directory} is missing: the run has not finished") from None
-        files = ", ".join(sorted(p.name for p in directory.glob("*.safetensors"))) or "no weights file"
-        raise ValueError(
-            f"{directory}: the saved weights cannot be read ({files}: {type(err).__name__}: {err}); the file is "
-            "truncated or corrupt: train the run again, or resume it from a checkpoint"
-        ) from None
+        damaged = next((f"{p.name} is truncated or corrupt" for p in sorted(directory.glob("*.safetensors"))
+                        if _weights_damaged(p)), None)
+        if damaged:
+            raise ValueError(f"{directory}: {damaged}: train the run again, or resume it from a checkpoint") from None
+        raise ValueError(f"{directory}: the saved model cannot be loaded ({type(err).__name__}: {err})") from None
+
+
+def _weights_damaged(path: Path) -> bool:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt"):
+            return False
+    except (SafetensorError, OSError):
+        return True
+
+
+def check_adapter_description(directory: Path) -> None:
+    """A saved Sparse-GIN adapter's description (adapter_config.json, or the one inside Trainer's model.safetensors)
+    holds a valid SparseGINConfig: a wrong field is named, before any weight is read."""
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory} is missing: the run has not finished")
+    config_file = directory / CONFIG_NAME
+    if not config_file.is_file():
+        return  # Trainer's layout: its description is checked as the adapter loads
+    try:
+        payload = json.loads(read_text_file(config_file, "adapter config"))
+    except (json.JSONDecodeError, RecursionError) as err:
+        raise ValueError(f"{config_file} is not valid JSON ({err})") from None
+    config = payload.get("config") if isinstance(payload, dict) else None
+    try:
+        build_settings(SparseGINConfig, config, "config")
+    except ConfigError as err:
+        raise ConfigError(f"{config_file}: {err}; fix the field, or save the adapter again") from None
 
 
 def _device() -> str:

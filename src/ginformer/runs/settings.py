@@ -1,6 +1,7 @@
 """Typed settings: dataclass fields checked against their annotations, and errors that name the key.
 
-Every section of a run config (the model, the task's data, training) is a dataclass whose fields carry a type and
+`load_yaml` parses a config's text and refuses a key written twice in one mapping (PyYAML would keep the last
+one silently). Every section of a run config (the model, the task's data, training) is a dataclass whose fields carry a type and
 a default. `build_settings` turns a parsed YAML mapping into one: unknown keys are refused with the closest
 allowed name, each value is checked (and gently coerced: `1e-4` written without a dot is a float) against its
 annotation, nested dataclasses are built the same way, and a class's own `ValueError` comes back as a
@@ -16,9 +17,51 @@ import types
 import typing
 from typing import Any, Literal, Mapping
 
+import yaml
+
 
 class ConfigError(ValueError):
     """A config names an unknown key or holds a bad value; the message says which and what is allowed."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load's loader, refusing a mapping that names a key twice (merge keys `<<` may still be overridden:
+    that is what they are for)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            lines: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
+                try:
+                    if key in lines:
+                        raise ConfigError(f"{self.name}: key '{key}' is written twice, on lines {lines[key]} and "
+                                          f"{line}; keep one of them")
+                except TypeError:  # an unhashable key: the base constructor says so
+                    break
+                lines[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(text: str, where: str) -> Any:
+    """Parsed YAML (safe: plain data only); a duplicated key, a syntax error or nesting too deep to parse is a
+    ConfigError naming `where`."""
+    loader = _UniqueKeyLoader(text)
+    loader.name = where
+    try:
+        return loader.get_single_data()
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(f"{where} is not valid YAML: {at}{err.problem or err.context}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{where} is not valid YAML: {err}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: its values are nested too deeply to read") from None
+    finally:
+        loader.dispose()
 
 
 def build_settings(cls: type, values: Any, where: str):

@@ -9,6 +9,9 @@ model, on any task, into a run directory.
       model/           from scratch: the final model and tokenizer (`AutoModelForCausalLM` loads it)
       adapter/         on a pretrained model: the final adapter (Sparse-GIN's or peft's files) and tokenizer
 
+runs/run_dir.py owns these files: checkpoints and the final model are written into .partial/ and renamed when
+complete, a resume starts from the newest complete checkpoint, and the run directory is locked while it trains.
+
 metrics.jsonl events ("event" says which; every event has "step" and "epoch"):
     start    model (scratch | pretrained), parameters (trainable), total_parameters, world_size, train_examples,
              val_examples, graph; from scratch hidden_size; on a pretrained model method, base, and for LoRA its
@@ -35,25 +38,26 @@ same examples per step, in the same order, as one process with batch N·b.
 
 from __future__ import annotations
 
-import json
+import contextlib
+import logging
 import math
-import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
-import yaml
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
-from transformers.trainer_utils import EvalLoopOutput, get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, EvalLoopOutput, rotate_checkpoints
 
 from ginformer.data.batches import IGNORE_INDEX, CausalLMCollator
-from ginformer.runs.config import RunSettings, save_run_settings
+from ginformer.runs.config import RunSettings, settings_yaml
+from ginformer.runs.run_dir import Checkpoint, RunDir, RunLocked
 from ginformer.runs.settings import ConfigError
+from ginformer.tasks import Splits
 
-CONFIG_FILE = "config.yaml"
-METRICS_FILE = "metrics.jsonl"
+logger = logging.getLogger(__name__)
 
 
 class TrainingDiverged(RuntimeError):
@@ -65,22 +69,35 @@ def train(
 ) -> Path:
     """Train as `settings` describe and return the run directory (see the module docstring for its layout).
 
-    `resume` continues from the newest checkpoint; `overwrite` deletes an existing run directory first; without
-    either an existing run directory is an error. `callbacks` go to the Trainer. Raises TrainingDiverged when the
-    loss becomes NaN/inf.
+    `resume` continues from the newest complete checkpoint; `overwrite` deletes an existing run directory first;
+    without either an existing run directory is an error. While it trains, the process holds the run directory's
+    lock: a second process is refused (runs/run_dir.py). `callbacks` go to the Trainer. Raises TrainingDiverged
+    when the loss becomes NaN/inf.
     """
-    side, task = settings.side, settings.task()
+    side = settings.side
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other: resume continues a run, overwrite deletes it")
     if resume and not side.trains(settings.model):
         raise ConfigError("model.method='none' trains nothing, so there is nothing to resume; use --overwrite")
-    run_dir = settings.run_dir
+    run = RunDir(settings.run_dir)
+    run.check_location("the run directory (training.output_root/training.run_name)")
     args = training_arguments(settings)
-    checkpoint = check_run_dir(settings, resume, overwrite)
+    with holding(run, main=args.process_index == 0):
+        _train_holding(settings, run, args, resume, overwrite, callbacks)
+    return run.path
+
+
+def _train_holding(
+    settings: RunSettings, run: RunDir, args: TrainingArguments, resume: bool, overwrite: bool,
+    callbacks: Sequence[TrainerCallback],
+) -> None:
+    side, task = settings.side, settings.task()
+    checkpoint = check_run_dir(settings, run, resume, overwrite)
     barrier()  # every process has looked before the main process changes anything
 
     tokenizer = task.tokenizer(side.base_tokenizer(settings.model))
     splits = task.datasets(tokenizer)
+    check_splits(splits)
     set_seed(settings.training.seed)  # the initial weights of what trains
     built = side.build(settings.model, tokenizer)
     positions = getattr(built.model.config, "max_position_embeddings", None)
@@ -90,11 +107,13 @@ def train(
             "(model.max_position_embeddings): raise it, or shorten the examples (data.max_length, data.block_size)"
         )
 
-    # Only now, with data and model built, does the run directory change: a bad setting leaves it untouched.
-    if args.process_index == 0:
-        create_run_dir(settings, checkpoint, overwrite)
+    # Only now, with data and model built, does the run directory change: a bad setting leaves it untouched. A
+    # resume changes it once its checkpoint has loaded (ResumeRecord), so a checkpoint that fails to load does not.
+    if args.process_index == 0 and checkpoint is None:
+        start_run_dir(settings, run, overwrite)
     barrier()
-    metrics = MetricsLogger(run_dir / METRICS_FILE, side.graph_scalars)
+    metrics = MetricsLogger(run, side.graph_scalars)
+    resumed = [] if checkpoint is None else [ResumeRecord(run, settings, checkpoint.step)]
     trainer = GuardedTrainer(
         model=built.model,
         args=args,
@@ -102,7 +121,7 @@ def train(
         eval_dataset=splits.val,
         data_collator=CausalLMCollator(pad_token_id=tokenizer.pad_token_id),
         processing_class=tokenizer,
-        callbacks=[metrics, *callbacks],
+        callbacks=[metrics, *resumed, *callbacks],
     )
     if args.process_index == 0 and checkpoint is None:
         metrics.write(
@@ -122,10 +141,49 @@ def train(
         )
     if not side.trains(settings.model):
         trainer.evaluate()  # logged as the eval event at step 0
-        return run_dir
-    train_until_done_or_diverged(trainer, metrics, checkpoint)
-    side.save(trainer, run_dir / side.final_dir, data=task.describe())
-    return run_dir
+        return
+    train_until_done_or_diverged(trainer, metrics, None if checkpoint is None else str(checkpoint.path))
+    # Staged and renamed, as checkpoints are: a run killed while saving has no model/ a reader would trust.
+    staged = run.stage(side.final_dir) if args.process_index == 0 else run.staging / side.final_dir
+    barrier()
+    side.save(trainer, staged, data=task.describe())
+    barrier()
+    if args.process_index == 0:
+        run.publish(side.final_dir)
+        run.clear_staging()
+
+
+def check_splits(splits: Splits) -> None:
+    """Both splits hold an example: an empty validation split would log a loss of 0 (perplexity 1), the best
+    number a comparison could rank; an empty training split trains nothing."""
+    for name, split in (("training", splits.train), ("validation", splits.val)):
+        if len(split) == 0:
+            raise ConfigError(
+                f"the {name} split is empty (training: {len(splits.train)} examples, validation: "
+                f"{len(splits.val)}{'; ' + splits.source_sizes if splits.source_sizes else ''}): use more data, "
+                "another data.val_fraction, or shorter examples (data.block_size, data.max_length)"
+            )
+
+
+@contextlib.contextmanager
+def holding(run: RunDir, main: bool) -> Iterator[None]:
+    """The main process holds the run directory's lock; every process learns whether it got it, so none is left
+    waiting at a barrier for a main process that was refused."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        with run.lock():
+            yield
+        return
+    with contextlib.ExitStack() as stack:
+        refusal = [None]
+        if main:
+            try:
+                stack.enter_context(run.lock())
+            except RunLocked as err:
+                refusal = [str(err)]
+        torch.distributed.broadcast_object_list(refusal, src=0)
+        if refusal[0] is not None:
+            raise RunLocked(refusal[0])
+        yield
 
 
 def training_arguments(settings: RunSettings) -> TrainingArguments:
@@ -174,11 +232,11 @@ def training_arguments(settings: RunSettings) -> TrainingArguments:
 def train_until_done_or_diverged(trainer: Trainer, metrics: MetricsLogger, checkpoint: str | None) -> None:
     """trainer.train(), turning a non-finite loss into TrainingDiverged after logging a `stopped` event;
     the step that produced it has changed no weight, so the last checkpoint is the last good state."""
-    run_dir = Path(trainer.args.output_dir)
     try:
         trainer.train(resume_from_checkpoint=checkpoint)
     except _NonFiniteLoss as err:
-        last = get_last_checkpoint(run_dir)
+        saved = RunDir(trainer.args.output_dir).checkpoints()
+        last = str(saved[-1].path) if saved else None
         if trainer.args.process_index == 0:
             metrics.write(
                 {
@@ -200,15 +258,14 @@ def train_until_done_or_diverged(trainer: Trainer, metrics: MetricsLogger, check
 class MetricsLogger(TrainerCallback):
     """Appends Trainer's logs to metrics.jsonl in our schema (see the module docstring), main process only."""
 
-    def __init__(self, path: str | Path, graph_scalars=lambda model: {}):
-        self.path = Path(path)
+    def __init__(self, run: RunDir, graph_scalars=lambda model: {}):
+        self.run = run
         self.graph_scalars = graph_scalars
         self._started: float | None = None
         self._elapsed, self._steps = 0.0, 0
 
     def write(self, event: dict[str, Any]) -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps(event) + "\n")
+        self.run.append_event(event)
 
     def on_step_begin(self, args, state, control, **kwargs):
         self._started = time.perf_counter()
@@ -261,9 +318,34 @@ class GuardedTrainer(Trainer):
     The loss check runs after backward and before the optimizer step, so the weights (and every checkpoint)
     stay those of the last good step; all processes agree on the verdict, so none is left waiting. Trainer's own
     evaluation averages per-batch means, which depends on the eval batch size and the number of processes;
-    summing token losses and token counts does not, and its exp() is the perplexity. Checkpoints need nothing
-    here: a peft model saves its adapter, and a Sparse-GIN model's state dict is its adapter (adapter/hub.py).
+    summing token losses and token counts does not, and its exp() is the perplexity. Checkpoints are Trainer's
+    own (a peft model saves its adapter, and a Sparse-GIN model's state dict is its adapter: adapter/hub.py),
+    written into the run's .partial/ and renamed into place once complete (runs/run_dir.py).
     """
+
+    _checkpoint_root: str | None = None  # where Trainer writes the checkpoint it is saving (None: output_dir)
+
+    def _save_checkpoint(self, model, trial):
+        run = RunDir(self.args.output_dir)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        if self.args.should_save:
+            run.stage(name)
+        self.accelerator.wait_for_everyone()  # the staged directory is empty before any process writes its part
+        self._checkpoint_root = str(run.staging)
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._checkpoint_root = None
+        self.accelerator.wait_for_everyone()  # every process's part (its RNG state, FSDP shards) is written
+        if self.args.should_save:
+            run.publish(name)
+            rotate_checkpoints(output_dir=str(run.path), save_total_limit=self.args.save_total_limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+        self.accelerator.wait_for_everyone()
+
+    def _get_output_dir(self, trial):
+        # Trainer's _save_checkpoint asks this where checkpoint-N/ goes; while we save, the staging directory.
+        return self._checkpoint_root or super()._get_output_dir(trial)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
@@ -291,7 +373,9 @@ class GuardedTrainer(Trainer):
             total_tokens += int(tokens.sum().item())
             num_samples += len(tokens)
             self.control = self.callback_handler.on_prediction_step(self.args, self.state, self.control)
-        metrics = {f"{metric_key_prefix}_loss": total_nll / max(total_tokens, 1)}
+        if total_tokens == 0:  # a loss of 0 would read as a perfect model
+            raise ValueError(f"the {description.lower()} set has no token to score ({num_samples} examples)")
+        metrics = {f"{metric_key_prefix}_loss": total_nll / total_tokens}
         return EvalLoopOutput(predictions=None, label_ids=None, metrics=metrics, num_samples=num_samples)
 
 
@@ -304,32 +388,48 @@ def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor,
     return nll.sum(dim=1), (targets != IGNORE_INDEX).sum(dim=1)
 
 
-def check_run_dir(settings: RunSettings, resume: bool, overwrite: bool) -> str | None:
+def check_run_dir(settings: RunSettings, run: RunDir, resume: bool, overwrite: bool) -> Checkpoint | None:
     """Check the run directory against the flags without changing it; return the checkpoint to resume from."""
-    run_dir = settings.run_dir
     if resume:
-        checkpoint = get_last_checkpoint(run_dir) if run_dir.is_dir() else None
-        if checkpoint is None:
-            raise FileNotFoundError(f"cannot resume: no checkpoint-N directory in {run_dir}")
-        _check_resumable(settings, run_dir / CONFIG_FILE)
+        checkpoint, skipped = run.resume_point()
+        _check_resumable(settings, run)
+        run.read_metrics(torn_tail_ok=True)  # a damaged line is named now, before anything changes
+        torn = run.torn_line()
+        if torn is not None:
+            logger.info("%s: line %d is torn (an interrupted write); the resumed run drops it", run.metrics_path, torn)
+        if skipped:
+            logger.info("%s: resuming from %s, the newest complete checkpoint; skipped %s", run.path,
+                        checkpoint.path.name, "; ".join(skipped))
         return checkpoint
-    if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
+    if run.holds_files() and not overwrite:
         raise FileExistsError(
-            f"run directory {run_dir} already exists; pass --resume to continue it, --overwrite to replace it, "
+            f"run directory {run.path} already exists; pass --resume to continue it, --overwrite to replace it, "
             f"or choose another training.run_name"
         )
     return None
 
 
-def create_run_dir(settings: RunSettings, checkpoint: str | None, overwrite: bool) -> None:
-    """(Re)create the run directory and write config.yaml; on resume, trim metrics.jsonl to the checkpoint."""
-    run_dir = settings.run_dir
-    if overwrite and run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_run_settings(settings, run_dir / CONFIG_FILE)
-    if checkpoint is not None:
-        _truncate_metrics(run_dir / METRICS_FILE, int(Path(checkpoint).name.rsplit("-", 1)[1]))
+def start_run_dir(settings: RunSettings, run: RunDir, overwrite: bool) -> None:
+    """Empty the run directory (with `overwrite`) and write config.yaml: a new run starts."""
+    if overwrite:
+        run.clear()
+    run.clear_staging()
+    run.write_config(settings_yaml(settings))
+
+
+class ResumeRecord(TrainerCallback):
+    """Once Trainer has loaded the checkpoint (weights, optimizer, scheduler), the resumed run takes over its
+    directory: config.yaml gets the new settings, metrics.jsonl loses what the interrupted run logged after the
+    checkpoint and notes the resume, and what interrupted writes left in .partial/ goes."""
+
+    def __init__(self, run: RunDir, settings: RunSettings, step: int):
+        self.run, self.settings, self.step = run, settings, step
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.run.write_config(settings_yaml(self.settings))
+            self.run.trim_metrics_for_resume(self.step)
+            self.run.clear_staging()
 
 
 def changed_settings(
@@ -345,34 +445,16 @@ def changed_settings(
     ]
 
 
-def read_saved_config(run_dir: Path) -> dict[str, Any]:
-    return yaml.safe_load((run_dir / CONFIG_FILE).read_text()) or {}
-
-
-def _check_resumable(settings: RunSettings, saved_config: Path) -> None:
+def _check_resumable(settings: RunSettings, run: RunDir) -> None:
     """A resumed run may change how it trains (e.g. more steps), not what it trains or on which data."""
-    if not saved_config.is_file():
+    if not run.config_path.is_file():
         return
-    saved = read_saved_config(saved_config.parent)
-    changed = changed_settings(saved, settings.to_dict(), ("model", "data"), missing_ok=True)
+    changed = changed_settings(run.read_config(), settings.to_dict(), ("model", "data"), missing_ok=True)
     if changed:
         raise ConfigError(
-            f"cannot resume {saved_config.parent}: {', '.join(changed)} differ from its {CONFIG_FILE}; "
+            f"cannot resume {run.path}: {', '.join(changed)} differ from its {run.config_path.name}; "
             "a resumed run must keep its model and data settings"
         )
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop the metrics an interrupted run logged after `step` (they will be logged again), keep its history of
-    stops and resumes, and note this resume."""
-    kept = []
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            event = json.loads(line) if line else None
-            if event and (event["step"] <= step or event["event"] in ("stopped", "resume")):
-                kept.append(line)
-    kept.append(json.dumps({"event": "resume", "step": step, "epoch": None}))
-    path.write_text("\n".join(kept) + "\n")
 
 
 def barrier() -> None:

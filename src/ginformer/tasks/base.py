@@ -37,6 +37,7 @@ class Splits:
     train: Sequence[Feature]
     val: Sequence[Feature]
     longest: int  # tokens in the longest example: checked against the model's positions before training
+    source_sizes: str = ""  # what the examples were made from, for the message when a split is empty
 
 
 @dataclass(frozen=True)

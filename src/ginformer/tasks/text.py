@@ -96,7 +96,10 @@ class TextTask(Task):
         corpus = self.tokenized(tokenizer)
         blocks = self.settings.block_size
         val = PackedBlocks(corpus.val.ids, blocks)
-        return Splits(PackedBlocks(corpus.train.ids, blocks), _first(val, self.settings.max_val_blocks), blocks)
+        sizes = (f"{len(corpus.train.ids):,} training and {len(corpus.val.ids):,} validation tokens in blocks of "
+                 f"data.block_size={blocks}, a block needs 2 at least")
+        return Splits(PackedBlocks(corpus.train.ids, blocks), _first(val, self.settings.max_val_blocks), blocks,
+                      sizes)
 
     def held_out(self, tokenizer: PreTrainedTokenizerBase, data: Path | None, limit: int | None) -> HeldOut:
         """The blocks of the validation split or of a whole file; `rows` holds the split they come from, whose

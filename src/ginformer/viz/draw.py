@@ -25,6 +25,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ginformer.adapter.hub import ADAPTER_TYPE
+from ginformer.files import atomic_write_text, check_output_dir
 
 DEFAULT_ROOT = Path("runs/graphs")
 LAYOUTS = ("arc", "spring", "circular")
@@ -147,6 +148,8 @@ def draw_attention_graphs(request: GraphRequest) -> Drawn:
             raise ValueError(f"{name} is for the explorer page: add --html")
     loaded = load_model(request.model, request.adapter)
     model, tokenizer, model_path = loaded.model, loaded.tokenizer, loaded.path
+    out = request.out or DEFAULT_ROOT / slug(model_path, request.text, loaded.adapter)
+    check_output_dir(out, "--out")  # before the work, not after it
     base = model.get_base_model() if isinstance(model, SparseGINModel) else model
     count = len(decoder_layers(base))
     layers = select_layers(request.layers or [count // 2], count)
@@ -163,7 +166,6 @@ def draw_attention_graphs(request: GraphRequest) -> Drawn:
     heads = graphs.heads[layers[0]].shape[0]
     if request.head is not None and not 0 <= request.head < heads:
         raise ValueError(f"--head {request.head} out of range: the model has {heads} heads per layer (0–{heads - 1})")
-    out = request.out or DEFAULT_ROOT / slug(model_path, request.text, loaded.adapter)
     overrides = {"alpha": request.alpha, "tau": request.tau, "epsilon": request.epsilon}
     overrides = {name: value for name, value in overrides.items() if value is not None}
     source = "sum over heads" if request.head is None else f"head {request.head}"
@@ -233,7 +235,7 @@ def draw_attention_graphs(request: GraphRequest) -> Drawn:
         "layers": {str(layer): graphs.kinds[layer] for layer in layers},
         "files": files,
     }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     window = None if request.window is None else (offset, offset + len(tokens))
     return Drawn(out, layers, len(tokens), window, files)
 
