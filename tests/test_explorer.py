@@ -172,7 +172,8 @@ def test_bad_page_requests_fail_in_one_line(run_dirs, tmp_path, capsys, extra, m
 def test_a_lora_run_is_not_taken_for_a_sparse_gin_one(tmp_path, capsys):
     adapter = tmp_path / "runs" / "lora" / "adapter"
     adapter.mkdir(parents=True)
-    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "base_model_name_or_path": "smollm2"}))
+    config = {"peft_type": "LORA", "base_model_name_or_path": "smollm2"}
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
     assert main(["graph", "--model", str(adapter.parent), "--text", TEXT, "--html"]) == 2
     assert "holds a peft adapter, not a Sparse-GIN one: its attention graphs are its base's (--model smollm2)" in (
         capsys.readouterr().err

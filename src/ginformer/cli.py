@@ -263,7 +263,8 @@ def _heads(text: str) -> list[int]:
     try:
         return [int(part) for part in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"heads {text!r} must be head numbers separated by commas, e.g. 0,3,5") from None
+        message = f"heads {text!r} must be head numbers separated by commas, e.g. 0,3,5"
+        raise argparse.ArgumentTypeError(message) from None
 
 
 def _graph(args: argparse.Namespace) -> None:

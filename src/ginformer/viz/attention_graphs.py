@@ -88,7 +88,8 @@ class SparseSettings:
     def from_adapter(cls, adapter: SparseGINLayer) -> SparseSettings:
         """One adapter layer's own α and τ (learned or fixed), with its config's ε, top-k and self-loops."""
         config = adapter.config
-        return cls(adapter.alpha.item(), adapter.tau.item(), config.edge_threshold, config.top_k, config.self_loops_only)
+        alpha, tau = adapter.alpha.item(), adapter.tau.item()
+        return cls(alpha, tau, config.edge_threshold, config.top_k, config.self_loops_only)
 
     def symbols(self) -> dict[str, float]:
         """α, τ and ε by their symbols, as the explorer and the figure titles show them."""
