@@ -349,4 +349,5 @@ def test_graph_command_sends_texts_too_long_for_figures_to_the_explorer(tokenize
     monkeypatch.setattr(draw, "MAX_FIGURE_TOKENS", 10)
     assert main(["graph", "--model", str(run_dir), "--text", TEXT, "--out", str(tmp_path / "out")]) == 2
     assert "18 tokens are too many for figures" in capsys.readouterr().err and not (tmp_path / "out").exists()
-    assert main(["graph", "--model", str(run_dir), "--text", TEXT, "--window", "0:10", "--out", str(tmp_path / "w")]) == 0
+    argv = ["graph", "--model", str(run_dir), "--text", TEXT, "--window", "0:10", "--out", str(tmp_path / "w")]
+    assert main(argv) == 0

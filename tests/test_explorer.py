@@ -169,6 +169,17 @@ def test_bad_page_requests_fail_in_one_line(run_dirs, tmp_path, capsys, extra, m
     assert error.startswith("ginformer graph: error: ") and re.search(message, error)
 
 
+def test_a_lora_run_is_not_taken_for_a_sparse_gin_one(tmp_path, capsys):
+    adapter = tmp_path / "runs" / "lora" / "adapter"
+    adapter.mkdir(parents=True)
+    config = {"peft_type": "LORA", "base_model_name_or_path": "smollm2"}
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    assert main(["graph", "--model", str(adapter.parent), "--text", TEXT, "--html"]) == 2
+    assert "holds a peft adapter, not a Sparse-GIN one: its attention graphs are its base's (--model smollm2)" in (
+        capsys.readouterr().err
+    )
+
+
 def test_page_options_need_html(run_dirs, tmp_path, capsys):
     assert main(["graph", "--model", str(run_dirs), "--text", TEXT, "--compare", str(run_dirs)]) == 2
     assert "--compare is for the explorer page: add --html" in capsys.readouterr().err

@@ -63,9 +63,9 @@ def pages(tmp_path_factory, model, tokenizer) -> dict[str, Path]:
     }
 
 
-def open_page(browser, path: Path):
+def open_page(browser, path: Path, height: int = 1300):
     """The page opened from disk, and the console errors and uncaught exceptions it raises."""
-    page = browser.new_page(viewport={"width": 1500, "height": 1300})
+    page = browser.new_page(viewport={"width": 1500, "height": height})
     errors: list[str] = []
     page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
     page.on("pageerror", lambda error: errors.append(str(error)))
@@ -220,7 +220,7 @@ def test_docs_screenshots(browser):
     paths = sorted(folder.glob("*.html"))
     assert paths, f"no explorer page (*.html) in {folder}"
     for path in paths:
-        page, errors = open_page(browser, path)
+        page, errors = open_page(browser, path, height=3200)  # the whole page in view: nothing scrolls under the bar
         layers = page.locator("#grid button[data-head='sum']").evaluate_all("nodes => nodes.map(n => n.dataset.layer)")
         redrawn(page, lambda: page.click(f"#grid button[data-layer='{layers[len(layers) // 2]}'][data-head='3']"))
         redrawn(page, lambda: page.fill("#range-to", str(int(page.input_value("#range-from")) + 40))

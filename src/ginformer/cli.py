@@ -213,8 +213,9 @@ def _graph_arguments(parser: argparse.ArgumentParser) -> None:
     from ginformer.viz.explorer import DEFAULT_WINDOW, PRECISIONS
 
     defaults = GraphRequest(text="")
-    parser.add_argument("--model", default=defaults.model, help="a run directory (its model/ is read), a model "
-                        "directory, a hub id, or 'smollm2' for the bundled SmolLM2-135M-Instruct (default)")
+    parser.add_argument("--model", default=defaults.model, help="a run directory (its model/, or a fine-tuning run's "
+                        "base with its Sparse-GIN adapter/), a model directory, a hub id, or 'smollm2' for the bundled "
+                        "SmolLM2-135M-Instruct (default)")
     parser.add_argument("--adapter", type=Path, help="a saved Sparse-GIN adapter directory to attach to --model")
     parser.add_argument("--text", required=True, help="the text whose attention graphs to draw")
     parser.add_argument("--layer", type=int, action="append", dest="layers", metavar="L",
@@ -268,7 +269,8 @@ def _heads(text: str) -> list[int]:
     try:
         return [int(part) for part in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"heads {text!r} must be head numbers separated by commas, e.g. 0,3,5") from None
+        message = f"heads {text!r} must be head numbers separated by commas, e.g. 0,3,5"
+        raise argparse.ArgumentTypeError(message) from None
 
 
 def _graph(args: argparse.Namespace) -> None:

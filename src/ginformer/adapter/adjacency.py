@@ -69,23 +69,31 @@ def attention_probabilities(
     kv_heads, k_len = key.shape[1], key.shape[2]
     if heads % kv_heads:
         raise ValueError(f"{heads} query heads cannot share {kv_heads} key heads evenly")
-    allowed = allowed_edges(attention_mask, q_len, k_len, query.device)
     floor = torch.finfo(torch.float32).min
-    if attention_mask is None or attention_mask.dtype == torch.bool:
-        bias = torch.zeros(allowed.shape, dtype=torch.float32, device=query.device).masked_fill(~allowed, floor)
-    else:
-        bias = attention_mask[:, 0].float().masked_fill(~allowed, floor)  # (B, T_q, T_k)
-
-    q = query.float().reshape(batch, kv_heads, heads // kv_heads, q_len, head_dim)  # (B, H_kv, rep, T_q, D)
-    k_t = key.float()[:, :, None].transpose(-1, -2)  # (B, H_kv, 1, D, T_k)
     rows = rows or -(-q_len // heads)
+    if attention_mask is None:
+        # Plain causal: of a block's keys only its last square holds future keys, above that square's diagonal.
+        future = torch.ones(rows, rows, dtype=torch.bool, device=query.device).triu(1)
+    else:
+        allowed = allowed_edges(attention_mask, q_len, k_len, query.device)
+        if attention_mask.dtype == torch.bool:
+            bias = torch.zeros(allowed.shape, dtype=torch.float32, device=query.device).masked_fill(~allowed, floor)
+        else:
+            bias = attention_mask[:, 0].float().masked_fill(~allowed, floor)  # (B, T_q, T_k)
+
+    q = (query.float() * scaling).reshape(batch, kv_heads, heads // kv_heads, q_len, head_dim)  # (B, H_kv, rep, T_q, D)
+    k_t = key.float()[:, :, None].transpose(-1, -2)  # (B, H_kv, 1, D, T_k)
     for start in range(0, q_len, rows):
         stop = min(start + rows, q_len)
-        visible = stop + k_len - q_len  # keys 0 .. visible-1: up to the block's last query position
-        scores = soft_capped(q[:, :, :, start:stop] @ k_t[..., :visible] * scaling, softcap)
-        scores = (scores + bias[:, None, None, start:stop, :visible]).flatten(1, 2)  # (B, H, c, visible)
-        probs = head_probabilities(scores, sinks)
-        yield start, probs * allowed[:, None, start:stop, :visible]
+        count, visible = stop - start, stop + k_len - q_len  # keys 0 .. visible-1: up to the block's last query
+        scores = soft_capped(q[:, :, :, start:stop] @ k_t[..., :visible], softcap)  # (B, H_kv, rep, c, visible)
+        if attention_mask is None:
+            scores[..., visible - count :].masked_fill_(future[:count, :count], floor)
+            yield start, head_probabilities(scores.flatten(1, 2), sinks)  # (B, H, c, visible)
+        else:
+            scores += bias[:, None, None, start:stop, :visible]
+            probs = head_probabilities(scores.flatten(1, 2), sinks)
+            yield start, probs * allowed[:, None, start:stop, :visible]  # fully masked rows: 0, not uniform
 
 
 def head_aggregated_attention(

@@ -89,7 +89,8 @@ class SparseSettings:
     def from_adapter(cls, adapter: SparseGINLayer) -> SparseSettings:
         """One adapter layer's own α and τ (learned or fixed), with its config's ε, top-k and self-loops."""
         config = adapter.config
-        return cls(adapter.alpha.item(), adapter.tau.item(), config.edge_threshold, config.top_k, config.self_loops_only)
+        alpha, tau = adapter.alpha.item(), adapter.tau.item()
+        return cls(alpha, tau, config.edge_threshold, config.top_k, config.self_loops_only)
 
     def symbols(self) -> dict[str, float]:
         """α, τ and ε by their symbols, as the explorer and the figure titles show them."""
@@ -536,14 +537,14 @@ class _LayerReader:
                 top = first // self.block  # a block of rows starts on a cell's first row
                 self.overview_heads[layer][:, top : top + pooled.shape[1], : pooled.shape[2]] = pooled
         if self.rolls:
-            mean = probs.mean(dim=0)  # (c, visible)
-            self._into_window(self.window_mean, mean, first)
             top, bottom = self._window_rows(first, count)
-            if top < bottom:
-                row_sums = mean[top - first : bottom - first].sum(dim=-1)  # whole rows, not the window's part
+            if top < bottom:  # the head mean of the window's rows only: the rest of a long text is not needed
+                rows = probs[:, top - first : bottom - first]  # (H, w, visible)
+                self._into_window(self.window_mean, rows.mean(dim=0), top)
+                row_sums = rows.sum(dim=-1).mean(dim=0)  # of whole rows, not of the window's part
                 self.window_row_sums[top - self.start : bottom - self.start] = row_sums.cpu()
             if self.whole_mean is not None:
-                self.whole_mean[first : first + count, : mean.shape[1]] = mean.cpu()
+                self.whole_mean[first : first + count, : probs.shape[2]] = probs.mean(dim=0).cpu()
 
     def layer_done(self, layer: int) -> None:
         if self.rolls:

@@ -56,6 +56,12 @@ def slug(model: str, text: str, adapter: Path | None = None) -> str:
     return result or "graph"
 
 
+def _folder_name(path: str) -> str:
+    """The last part of a path, or the run's name for a run directory's model/ or adapter/."""
+    parts = Path(path.rstrip("/")).parts or (path,)
+    return parts[-2] if parts[-1] in ("model", "adapter") and len(parts) > 1 else parts[-1]
+
+
 def resolve_model(model: str, adapter: Path | None = None) -> tuple[str, Path | None]:
     """(model to load, Sparse-GIN adapter to attach). A run directory holds its final model in model/, or, fine-tuned,
     its adapter in adapter/ with the base's name in adapter_config.json; anything else is passed on as given."""
@@ -78,7 +84,8 @@ class GraphRequest:
     """What to draw; `ginformer graph`'s options, with its defaults."""
 
     text: str  # the text whose attention graphs to draw
-    model: str = "smollm2"  # a run directory (its model/ is read), a model directory, a hub id, or "smollm2"
+    model: str = "smollm2"  # a run directory (its model/, or its base with its Sparse-GIN adapter/), a model directory,
+    # a hub id, or "smollm2"
     adapter: Path | None = None  # a saved Sparse-GIN adapter directory to attach to the model
     layers: list[int] | None = None  # layers to draw (negative counts from the end); None: the middle layer
     head: int | None = None  # also draw this head alone, and use it for the causal graph
@@ -277,9 +284,3 @@ def _name(loaded: Loaded) -> str:
     """How the page names a model: its folder or hub name, and its adapter's."""
     name = _folder_name(loaded.path)
     return name if loaded.adapter is None else f"{name} + {_folder_name(str(loaded.adapter))}"
-
-
-def _folder_name(path: str) -> str:
-    """The last part of a path, or the run's name for a run directory's model/ or adapter/."""
-    parts = Path(path.rstrip("/")).parts or (path,)
-    return parts[-2] if parts[-1] in ("model", "adapter") and len(parts) > 1 else parts[-1]

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ginformer.adapter import SparseGINModel
 from ginformer.viz.attention_graphs import ROLLOUT_LIMIT, STAGES, AttentionGraphs, attention_graphs
 
 PRECISIONS = {"uint8": 1, "float16": 2}  # precision -> bytes per stored weight
@@ -84,7 +85,8 @@ class Page:
     def summary(self) -> str:
         """What the page holds, in a line."""
         start, stop = self.window
-        overview = "" if not self.block or self.block == 1 else f", the whole text in cells of {self.block}×{self.block} tokens"
+        pooled = self.block is not None and self.block > 1
+        overview = f", the whole text in cells of {self.block}×{self.block} tokens" if pooled else ""
         return (
             f"{len(self.captures)} capture{'s' if len(self.captures) > 1 else ''} ({', '.join(self.captures)}) × "
             f"{len(self.layers)} layers × {self.heads} heads, {self.length} tokens, tokens {start}–{stop - 1} at full "
@@ -127,11 +129,10 @@ def explore(
     """Capture ``text`` in ``model`` and make its explorer page, from Python or a notebook.
 
     A SparseGINModel is shown beside its base (the same model with its adapters switched off, named ``base_name``,
-    default "<name> (base)"); ``compare`` = (name, model, tokenizer) adds another model beside it instead. ``window`` defaults to the first
-    DEFAULT_WINDOW tokens; the other options are those of `attention_graphs` and `explorer_page`.
+    default "<name> (base)"); ``compare`` = (name, model, tokenizer) adds another model beside it instead.
+    ``window`` defaults to the first DEFAULT_WINDOW tokens; the other options are those of `attention_graphs` and
+    `explorer_page`.
     """
-    from ginformer.adapter import SparseGINModel
-
     if window is None:
         window = default_window(len(tokenizer(text)["input_ids"]))
     capture = dict(layers=layers, window=window, overview=overview, rollout=True, progress=progress)
