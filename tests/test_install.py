@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
+from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow  # a fresh environment: a minute or more even from uv's cache
@@ -78,7 +79,7 @@ def test_the_wheel_installs_beside_the_lowest_supported_versions_and_replaces_no
        *(f"{name}=={version}" for name, version in lowest.items()), env=env)
     before = installed(python, env)
     assert not [name for name in before if name.startswith("nvidia-")]  # the CPU torch, not a CUDA build
-    assert {name: before[name] for name in lowest} == lowest
+    assert {name: Version(before[name]) for name in lowest} == {name: Version(v) for name, v in lowest.items()}
 
     wheels = tmp_path / "wheels"
     run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "--no-index",
