@@ -213,6 +213,7 @@ def test_attention_dropout_drops_edges_in_training_only(kind, options):
     torch.testing.assert_close(plain(ids).logits, plain(ids).logits)  # without dropout, training mode is exact
 
 
+@pytest.mark.slow  # torch.compile's first build
 def test_compiled_pna_layer_equals_eager():
     """pna_compile (the default) runs the same aggregation through torch.compile: same output and gradients."""
     config = tiny_config("pna", pna_compile=True, **ALL_PNA)

@@ -203,6 +203,7 @@ def test_lora_on_every_linear_layer_with_dora_or_rslora_matches_the_budget(tmp_p
     assert evaluate_run(run_dir, generate=0).loss == pytest.approx(evals[-1]["val_loss"], rel=1e-5)
 
 
+@pytest.mark.slow  # two torchrun processes
 def test_torchrun_two_processes_equal_one_process_with_twice_the_batch(tmp_path, base_dir, task_files):
     """Sparse-GIN under torchrun (2 × batch 2, gloo on CPU) follows the single-process run with batch 4: same
     losses and the same λ; GIN dropout is off so both draw no random numbers (see test_train for the tolerance)."""

@@ -122,6 +122,7 @@ def test_pna_extremum_over_causal_blocks_equals_a_masked_reduction(monkeypatch, 
         torch.testing.assert_close(got, want)
 
 
+@pytest.mark.slow  # torch.compile's first build
 def test_compiled_pna_max_min_equal_eager():
     """Compiled code reads a query block's keys in one fused reduction: the values and gradients of eager blocks."""
     generator = torch.Generator().manual_seed(4)

@@ -54,6 +54,7 @@ def test_triton_path_saves_only_the_log_sum_exp_beside_its_inputs(kernels):
 
 
 
+@pytest.mark.slow  # Triton compiles every kernel for a GPU target
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 def test_kernels_build_for_a_gpu(dtype):
     """The interpreter forgives what a GPU build does not (types, constexpr use): build every kernel for an sm_90

@@ -25,6 +25,7 @@ def _perplexity(model, tokenizer, text: str) -> float:
         return math.exp(model(ids, labels=ids).loss.item())
 
 
+@pytest.mark.slow  # loads SmolLM2's GGUF
 def test_smollm2_is_a_float_llama_of_the_documented_shape(smollm2):
     model, tokenizer = smollm2
     assert smollm2_gguf_path().name == "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -38,6 +39,7 @@ def test_smollm2_is_a_float_llama_of_the_documented_shape(smollm2):
     assert tokenizer.pad_token is not None and model.generation_config.pad_token_id == tokenizer.pad_token_id
 
 
+@pytest.mark.slow  # loads SmolLM2's GGUF
 def test_smollm2_is_no_longer_marked_quantized(smollm2, tmp_path):
     model, tokenizer = smollm2
     assert model.hf_quantizer is None and model.config.quantization_config is None and not model.is_quantized
@@ -49,6 +51,7 @@ def test_smollm2_is_no_longer_marked_quantized(smollm2, tmp_path):
         torch.testing.assert_close(reloaded(ids).logits, model(ids).logits)
 
 
+@pytest.mark.slow  # loads SmolLM2's GGUF
 def test_smollm2_knows_english(smollm2):
     model, tokenizer = smollm2
     words = SENTENCE.rstrip(".").split()
@@ -73,6 +76,7 @@ def test_missing_local_path_is_named(tmp_path):
         load_base_model(str(missing))
 
 
+@pytest.mark.slow  # loads SmolLM2's GGUF
 def test_local_directory_loads_and_gets_a_pad_token(smollm2, tmp_path):
     _, smol_tokenizer = smollm2
     torch.manual_seed(0)

@@ -464,6 +464,7 @@ LAUNCHERS = {
 }
 
 
+@pytest.mark.slow  # two processes per launcher
 @pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
 def test_two_processes_train_like_one_process_with_the_combined_batch(tmp_path, launcher):
     """2 processes × batch 4, against one process × batch 8: same examples per step, same losses.

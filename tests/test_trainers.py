@@ -240,6 +240,7 @@ def test_get_base_model_and_the_backbone():
     assert model.get_base_model() is base and model.base_model is base.model  # transformers' meaning of base_model
 
 
+@pytest.mark.slow  # two FSDP processes
 def test_fsdp2_on_two_cpu_processes_gives_the_unsharded_gradients(tmp_path):
     """accelerate turns FSDP on only for GPU-like devices (docs/integrations.md), so torch's fully_shard is driven
     directly here, as accelerate's FSDP2 plugin drives it: per decoder layer, then the whole model."""

@@ -36,7 +36,7 @@ if [[ $SMOKE == 1 ]]; then
     PY=${PYTHON:-$ROOT/.venv/bin/python}
     LIMIT=600  # seconds per part in the dry run
 else
-    # The device has torch but not our pins: install the carried wheels (prepare.sh) and SmolLM2's GGUF (stage.sh).
+    # The device has torch but not our locked versions: install the carried wheels (prepare.sh) and SmolLM2's GGUF (stage.sh).
     PY=python3
     STAGE=${STAGE:-/tmp/ginformer_stage}
     SITE=/tmp/site

@@ -186,6 +186,12 @@ def holding(run: RunDir, main: bool) -> Iterator[None]:
         yield
 
 
+# transformers 5.23 renamed TrainingArguments' gradient_checkpointing to activation_checkpointing; the old name stays
+# as a deprecated alias until v6, and older releases know the old name only.
+CHECKPOINTING_ARGUMENT = next(name for name in ("activation_checkpointing", "gradient_checkpointing")
+                              if name in TrainingArguments.__dataclass_fields__)
+
+
 def training_arguments(settings: RunSettings) -> TrainingArguments:
     """transformers' TrainingArguments for a run; the only place our settings meet Trainer's names."""
     t = settings.training
@@ -215,7 +221,7 @@ def training_arguments(settings: RunSettings) -> TrainingArguments:
         data_seed=t.seed,  # the shuffling order is part of the run, so resume and multi-process runs see it too
         bf16=t.bf16,
         torch_compile=t.torch_compile,
-        activation_checkpointing=t.gradient_checkpointing,  # transformers 5's name for it
+        **{CHECKPOINTING_ARGUMENT: t.gradient_checkpointing},
         optim=t.optim,
         # We stop on a non-finite loss ourselves; Trainer's filter would hide it from the logs.
         logging_nan_inf_filter=False,
