@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Packs, here, what the GPU machine lacks into .gpu/ (ignored by git), for the calls of studies/gpu/README.md:
-#   .gpu/wheels/          the locked packages the device image does not have in our versions, for its Python 3.12
-#   .gpu/part1 .. part3/  SmolLM2-135M-Instruct's GGUF (98 MB) in three pieces, since a call carries 64 MiB at most
+#   .gpu/wheels/          the locked packages a GPU machine may not have in our versions, for its Python 3.12
+#   .gpu/part1 .. part3/  SmolLM2-135M-Instruct's GGUF (98 MB) in three pieces of 33 MB, each copied on its own
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-.venv/bin/python}

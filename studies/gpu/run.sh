@@ -2,7 +2,7 @@
 # The GPU study (docs/reproduction.md), prepared to run in one call on one NVIDIA H200, or as a CPU dry run:
 #
 #   SMOKE=1 bash studies/gpu/run.sh          # here: every part with tiny settings, on the local .venv
-#   bash studies/gpu/run.sh                  # on the device, after studies/gpu/prepare.sh and stage.sh (README.md)
+#   bash studies/gpu/run.sh                  # on the GPU machine, after studies/gpu/prepare.sh and stage.sh (README.md)
 #
 # Parts, in this order (PARTS="protein text finetune bench" to choose), each with a time limit in seconds that the
 # environment may change; the estimates are sized from the H200's ~790 TFLOP/s bf16 and from per-step overheads,
@@ -36,7 +36,7 @@ if [[ $SMOKE == 1 ]]; then
     PY=${PYTHON:-$ROOT/.venv/bin/python}
     LIMIT=600  # seconds per part in the dry run
 else
-    # The device has torch but not our locked versions: install the carried wheels (prepare.sh) and SmolLM2's GGUF (stage.sh).
+    # The GPU machine may lack our locked versions: install the packed wheels (prepare.sh) and SmolLM2's GGUF (stage.sh).
     PY=python3
     STAGE=${STAGE:-/tmp/ginformer_stage}
     SITE=/tmp/site
@@ -70,7 +70,7 @@ PY
     ) || { say "$name: the config does not load"; return 1; }
     say "$name: ${runs:-nothing to train}"
     local pids=()
-    # Each run's log lies in the part's archive: $OUT brings back 8 files at most.
+    # Each run's log lies in the part's archive, so $OUT holds one file per part and the study log.
     mkdir -p "$RUNS/logs/$name"
     for run in $runs; do
         timeout "$limit" $PY -m ginformer.cli compare --config "$config" "${sets[@]}" --only "$run" \

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# On the GPU machine: keep a carried piece of SmolLM2's GGUF (.gpu/partN, see prepare.sh) in $STAGE, where the
-# next call's run.sh finds it; the machine keeps it while it stays warm (30 s after a call).
+# On the GPU machine: keep the pieces of SmolLM2's GGUF copied into .gpu/partN (see prepare.sh) in $STAGE, where
+# run.sh finds them, so that .gpu/ can take the next piece.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 STAGE=${STAGE:-/tmp/ginformer_stage}
