@@ -35,7 +35,7 @@ from transformers import AttentionInterface, PreTrainedModel
 from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from .adjacency import AttentionInputs, head_aggregated_attention
+from .adjacency import AttentionInputs, attention_probabilities
 
 TAP = "_sparse_gin_tap"  # the attribute on an attention module that links it to its adapter
 WRAPPED = {"sdpa": "sparse_gin_sdpa", "eager": "sparse_gin_eager"}
@@ -91,11 +91,10 @@ def _attention_function(inner: str):
     def attention(module, query, key, value, attention_mask, scaling=None, **kwargs):
         run = ALL_ATTENTION_FUNCTIONS["sdpa"] if inner == "sdpa" else eager_attention_of(module)
         output, weights = run(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
-        tap = getattr(module, TAP, None)
+        tap, recorded = getattr(module, TAP, None), _recorded.get()
         if tap is not None and tap.shared.enabled:
             tap.attention = attention_inputs(query, key, attention_mask, scaling, kwargs)
-        recorded = _recorded.get()
-        if recorded is not None:
+        if recorded is not None:  # the probe: no adapter is installed yet
             unread = {name: value for name, value in kwargs.items()
                       if value is not None and name not in NEUTRAL_KWARGS and name not in READ_KWARGS}
             inputs = attention_inputs(query, key, attention_mask, scaling, kwargs)
@@ -218,18 +217,14 @@ def _fit(target: Tensor, *terms: Tensor) -> tuple[list[float], float]:
 def _graph_error(call: AttentionCall) -> float:
     """Largest difference between the rebuilt per-head probabilities and the host's eager ones, on the query rows
     that attend to anything (the host's fully masked rows are padding, whose outputs nothing reads)."""
-    inputs, weights = call.inputs, call.weights.float()
-    heads, kv_heads = inputs.query.shape[1], inputs.key.shape[1]
+    inputs, weights = call.inputs, call.weights.float()  # (B, H, T_q, T_k)
     worst = 0.0
-    for head in range(heads):  # one head at a time through the adapter's own code: "sum" over one head is itself
-        sinks = None if inputs.sinks is None else inputs.sinks[head : head + 1]
-        rebuilt, allowed = head_aggregated_attention(
-            inputs.query[:, head : head + 1], inputs.key[:, head // (heads // kv_heads)][:, None], inputs.mask,
-            inputs.scaling, "sum", softcap=inputs.softcap, sinks=sinks,
-        )
-        attends = allowed.any(dim=-1, keepdim=True)  # (B, T_q, 1)
-        difference = (rebuilt - weights[:, head]).abs() * attends
-        worst = max(worst, difference.max().item())
+    blocks = attention_probabilities(*inputs[:4], softcap=inputs.softcap, sinks=inputs.sinks)
+    for start, probs in blocks:  # the adapter's own code: (B, H, c, visible), 0 past each block's last query
+        rows = weights[:, :, start : start + probs.shape[2]]
+        rebuilt = torch.nn.functional.pad(probs, (0, rows.shape[-1] - probs.shape[-1]))
+        attends = probs.sum(dim=-1, keepdim=True) > 0  # a fully masked row is 0 here, uniform in eager
+        worst = max(worst, ((rebuilt - rows).abs() * attends).max().item())
     return worst
 
 
@@ -298,7 +293,7 @@ def probe(model: PreTrainedModel, placement: str) -> list[HostLayer]:
     layers = decoder_layers(model)
     name = family(model)
     attn, training = model.config._attn_implementation, model.training
-    if attn not in WRAPPED and attn not in WRAPPED.values():
+    if attn not in WRAPPED:
         raise HostMismatch(f"{name}: attn_implementation={attn!r}; Sparse-GIN wraps sdpa or eager, load the base "
                            "with either")
     owner = {module: k for k, layer in enumerate(layers) for module in layer.modules()}
