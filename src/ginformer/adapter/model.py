@@ -174,7 +174,7 @@ def _after_writer(tap: _SparseGINTap, module: nn.Module, args: tuple, kwargs: di
     # checkpointing the backward pass reruns the layer's forward, and this hook with it, but not the layer's
     # pre-hook (transformers checkpoints `forward`, outside the module hooks).
     tap.cache = None
-    written = written + (delta if scale == 1.0 else delta / scale)
+    written = written + (delta if scale == 1.0 else delta / scale)  # no extra op per layer and token for c = 1
     return (written, *output[1:]) if isinstance(output, tuple) else written
 
 
