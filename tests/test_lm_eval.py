@@ -32,6 +32,7 @@ def tokenizer(base_dir):
     return loaded
 
 
+@pytest.mark.slow  # tens of seconds on 2 cores: runs in CI (make test-all)
 def test_gsm8k_bundled_is_lm_evals_own_task_on_rows_held_out_by_ginformers_split(task_files):
     import lm_eval.tasks
     from lm_eval.tasks import TaskManager

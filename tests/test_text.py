@@ -103,7 +103,7 @@ def test_a_char_run_trains_on_a_folder_and_reports_bits_per_character(char_run, 
     assert result.baselines["bits_per_char"] == pytest.approx(unigram / math.log(2), rel=1e-6)
 
 
-@pytest.mark.parametrize("tokenizer", ["byte", "smollm2"])
+@pytest.mark.parametrize("tokenizer", ["byte", pytest.param("smollm2", marks=pytest.mark.slow)])
 def test_byte_and_smollm2_tokenizers_give_bits_per_character_on_the_same_scale(tmp_path, corpus, tokenizer):
     run_dir = train(tiny(tmp_path, corpus, f"data.tokenizer={tokenizer}", "training.max_steps=2"))
     result = evaluate_run(run_dir)

@@ -255,6 +255,7 @@ def uninterrupted(tmp_path_factory):
     return train(tiny_settings(root, *CRASH, "training.run_name=whole"))
 
 
+@pytest.mark.slow  # tens of seconds on 2 cores: runs in CI (make test-all)
 @pytest.mark.parametrize("point", ["weights", "optimizer", "rename"])
 def test_kill_9_while_writing_a_checkpoint_then_resume_equals_an_uninterrupted_run(
     tmp_path, point, uninterrupted, caplog
@@ -373,6 +374,7 @@ class _Payload:
         return (print, ("this ran",))
 
 
+@pytest.mark.slow  # tens of seconds on 2 cores: runs in CI (make test-all)
 def test_a_second_process_is_refused_while_one_trains_and_a_dead_ones_lock_is_taken_over(tmp_path, caplog):
     holder = run_worker(tmp_path, "hold", 2, "training.run_name=shared", wait=False)
     try:
