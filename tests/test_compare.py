@@ -29,7 +29,7 @@ from ginformer.runs.compare import (
 )
 from ginformer.runs.config import bundled_config
 from ginformer.runs.models import MODEL_SIDES
-from ginformer.runs.settings import ConfigError
+from ginformer.errors import ConfigError
 from ginformer.tasks.protein import ProteinTask
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

@@ -20,7 +20,7 @@ from ginformer.runs.config import (
     save_run_settings,
 )
 from ginformer.runs.models import PretrainedModelSettings, ScratchModelSettings
-from ginformer.runs.settings import ConfigError, load_yaml
+from ginformer.settings import ConfigError, load_yaml
 from ginformer.sizing import config_parameters
 from ginformer.tasks import TASKS
 

@@ -15,7 +15,7 @@ from ginformer.data.tokenizer import build_protein_tokenizer, label_token_ids
 from ginformer.modeling import GinformerConfig, GinformerForCausalLM
 from ginformer.runs.config import load_run_settings
 from ginformer.runs.evaluate import evaluate_run, format_evaluation, load_run, unigram_loss
-from ginformer.runs.generate import generate_batched
+from ginformer.generation import generate_batched
 from ginformer.runs.train import train
 from ginformer.tasks import Generation, HeldOut, Losses
 from ginformer.tasks.protein import ProteinSettings, ProteinTask, score_labels

@@ -30,9 +30,9 @@ from ginformer.runs.compare import (
 )
 from ginformer.runs.config import load_run_settings
 from ginformer.runs.evaluate import evaluate_run
-from ginformer.runs.generate import generate_batched
+from ginformer.generation import generate_batched
 from ginformer.runs.models import MODEL_SIDES, sparse_gin_parameter_count
-from ginformer.runs.settings import ConfigError
+from ginformer.errors import ConfigError
 from ginformer.runs.train import train
 from ginformer.tasks import Generation, HeldOut, Losses
 from ginformer.tasks.instruct import FolioTask, GSM8KTask, InstructSettings, score_folio, score_gsm8k

@@ -16,7 +16,7 @@ from ginformer.data.text import PackedBlocks
 from ginformer.runs.compare import compare_settings_from_dict, run_comparison
 from ginformer.runs.config import load_run_settings
 from ginformer.runs.evaluate import evaluate_run, load_run
-from ginformer.runs.settings import ConfigError
+from ginformer.errors import ConfigError
 from ginformer.runs.train import train
 from ginformer.tasks.text import TextSettings, TextTask
 

@@ -25,7 +25,7 @@ from ginformer.data.tokenizer import build_protein_tokenizer
 from ginformer.files import UnsafeFileError
 from ginformer.runs.config import load_run_settings
 from ginformer.runs.run_dir import RunLocked, checkpoint_problem
-from ginformer.runs.settings import ConfigError
+from ginformer.errors import ConfigError
 from ginformer.runs.train import TrainingDiverged, token_nll, train
 
 TINY = [

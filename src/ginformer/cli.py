@@ -7,6 +7,7 @@ import argparse
 import logging
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -171,7 +172,8 @@ def _generate_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _generate(args: argparse.Namespace) -> None:
     from ginformer.files import check_output_file
-    from ginformer.runs.generate import RunGenerator, Sampling
+    from ginformer.generation import Sampling
+    from ginformer.runs.generate import RunGenerator
 
     if args.prompts is None:
         for flag, value in (("--output", args.output), ("--batch-size", args.batch_size)):
@@ -323,7 +325,13 @@ def _library_notes() -> logging.Handler:
     return handler
 
 
+BUG = 70  # the exit status of an exception that is not the library's own (sysexits' EX_SOFTWARE)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Exit status 0; 1 when training diverged; 2 for input the message says how to fix (as argparse's usage
+    errors); 70 for a bug, after its traceback."""
+    from ginformer.errors import GinformerError
     from ginformer.runs.train import TrainingDiverged
 
     args = build_parser().parse_args(argv)
@@ -333,12 +341,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TrainingDiverged as err:
         print(f"ginformer {args.command}: stopped: {err}", file=sys.stderr)
         return 1
-    except (ValueError, FileExistsError, FileNotFoundError, ModuleNotFoundError) as err:
-        # Bad input (a config, a data file, a run directory): one line saying what to fix, no traceback;
-        # exit code 2, as argparse uses for usage errors. ConfigError is a ValueError.
+    except GinformerError as err:
         message = " ".join(str(err).split())  # one line, whatever the library's message looked like
         print(f"ginformer {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except Exception:  # noqa: BLE001 (anything else is a bug: shown whole, and said to be one)
+        traceback.print_exc()
+        print(f"ginformer {args.command}: this is a bug in ginformer or in a library it calls, not a problem with "
+              "your input: please report it with the traceback above", file=sys.stderr)
+        return BUG
     finally:
         logging.getLogger("ginformer").removeHandler(notes)
     return 0

@@ -25,10 +25,12 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
+from ginformer.errors import CheckpointError
+
 UTF8_BOM = "\ufeff"
 
 
-class UnsafeFileError(ValueError):
+class UnsafeFileError(CheckpointError):
     """A file that loading would have run code from; refused, and named."""
 
 

@@ -28,6 +28,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from ginformer.data.rows import HUB_ID
+from ginformer.errors import CheckpointError
 from ginformer.files import refusing_pickles
 
 SMOLLM2 = "smollm2"
@@ -50,7 +51,7 @@ def smollm2_gguf_path() -> Path:
     return path
 
 
-class WeightsMismatch(ValueError):
+class WeightsMismatch(CheckpointError):
     """A saved model's weights do not fit the model its config describes."""
 
 

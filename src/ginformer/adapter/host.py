@@ -35,6 +35,8 @@ from transformers import AttentionInterface, PreTrainedModel
 from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from ginformer.errors import ModelRefused
+
 from .adjacency import AttentionInputs, attention_probabilities
 
 TAP = "_sparse_gin_tap"  # the attribute on an attention module that links it to its adapter
@@ -52,7 +54,7 @@ READ_KWARGS = {"softcap": "softcap", "s_aux": "sinks"}
 Residual = Literal["sequential", "parallel"]
 
 
-class HostMismatch(ValueError):
+class HostMismatch(ModelRefused):
     """The host computes something the adapter would not rebuild: adapting it would be silently wrong."""
 
 

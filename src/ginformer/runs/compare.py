@@ -69,7 +69,7 @@ from ginformer.runs.config import (
 from ginformer.files import atomic_write_text, atomic_writer, check_output_dir
 from ginformer.runs.evaluate import VAL, check_options, evaluate_run
 from ginformer.runs.run_dir import RunDir
-from ginformer.runs.settings import ConfigError
+from ginformer.errors import ConfigError
 from ginformer.runs.train import changed_settings, train
 from ginformer.viz import plots
 

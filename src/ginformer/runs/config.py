@@ -27,7 +27,7 @@ from transformers.training_args import OptimizerNames
 
 from ginformer.files import atomic_write_text, read_text_file, refuse_special_file
 from ginformer.runs.models import MODEL_SIDES, ModelSide, side_of
-from ginformer.runs.settings import (
+from ginformer.settings import (
     ConfigError,
     build_settings,
     check_fields,

@@ -18,7 +18,6 @@ training split are counted (``trained_on``): their scores are not held-out score
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import warnings
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ginformer.data.batches import CausalLMCollator, target_counts
-from ginformer.files import atomic_write_text, check_output_file, refuse_special_file
+from ginformer.files import check_output_file, refuse_special_file
 from ginformer.runs.config import RunSettings, load_run_settings
 from ginformer.runs.run_dir import RunDir
 from ginformer.runs.train import perplexity, token_nll
@@ -150,11 +149,7 @@ def evaluate_run(
             stacklevel=2,
         )
     if write:
-        run = RunDir(run_dir)
-        atomic_write_text(run.evaluation(held_out.name), json.dumps(result.to_dict(), indent=2) + "\n")
-        if scores.generations:
-            atomic_write_text(run.generations(held_out.name),
-                              "".join(json.dumps(row) + "\n" for row in scores.generations))
+        RunDir(run_dir).write_evaluation(held_out.name, result.to_dict(), scores.generations)
     return result
 
 

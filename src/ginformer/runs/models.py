@@ -33,7 +33,7 @@ from ginformer.adapter.lora import LoraTarget, get_lora_model, lora_config_for_b
 from ginformer.modeling import GinformerForCausalLM
 from ginformer.files import UnsafeFileError, read_text_file
 from ginformer.pretrained import WeightsMismatch, load_base_model, load_base_tokenizer, load_exactly
-from ginformer.runs.settings import ConfigError, build_settings, check_fields, positive, require
+from ginformer.settings import ConfigError, build_settings, check_fields, positive, require
 from ginformer.sizing import count_parameters
 
 # ---------------------------------------------------------------------------------------------------- settings

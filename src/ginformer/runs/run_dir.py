@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ginformer.errors import CheckpointError, OutputInTheWay
 from ginformer.files import (
     append_line,
     atomic_write_text,
@@ -42,7 +43,7 @@ from ginformer.files import (
     read_text_file,
     refusing_pickles,
 )
-from ginformer.runs.settings import load_yaml
+from ginformer.settings import load_yaml
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -60,7 +61,7 @@ UNPICKLED = re.compile(r"^(optimizer\.pt|scheduler\.pt|scaler\.pt|rng_state(_\d+
 logger = logging.getLogger(__name__)
 
 
-class RunLocked(FileExistsError):
+class RunLocked(OutputInTheWay):
     """Another live process is training into the run directory."""
 
 
@@ -100,6 +101,22 @@ class RunDir:
 
     def generations(self, data: str) -> Path:
         return self.path / f"eval_{data}_generations.jsonl"
+
+    def has_evaluation(self, data: str = "val") -> bool:
+        return self.evaluation(data).is_file()
+
+    def read_evaluation(self, data: str = "val") -> dict[str, Any]:
+        """`ginformer evaluate`'s result on `data` ("val": the run's validation split), as written."""
+        path = self.evaluation(data)
+        try:
+            return json.loads(read_text_file(path, "evaluation file"))
+        except (json.JSONDecodeError, RecursionError) as err:
+            raise CheckpointError(f"{path} is not valid JSON ({err}): evaluate the run again") from None
+
+    def write_evaluation(self, data: str, result: Mapping[str, Any], generations: Sequence[Mapping[str, Any]] = ()) -> None:
+        atomic_write_text(self.evaluation(data), json.dumps(result, indent=2) + "\n")
+        if generations:
+            atomic_write_text(self.generations(data), "".join(json.dumps(row) + "\n" for row in generations))
 
     def lm_eval(self, tasks: Sequence[str]) -> Path:
         names = "_".join(re.sub(r"[^\w.-]", "_", Path(task).stem) for task in tasks)

@@ -54,13 +54,13 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, EvalLoopOutput, ro
 from ginformer.data.batches import IGNORE_INDEX, CausalLMCollator
 from ginformer.runs.config import RunSettings, settings_yaml
 from ginformer.runs.run_dir import Checkpoint, RunDir, RunLocked
-from ginformer.runs.settings import ConfigError
+from ginformer.errors import ConfigError, GinformerError
 from ginformer.tasks import Splits
 
 logger = logging.getLogger(__name__)
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(GinformerError, RuntimeError):
     """The loss became NaN or infinite; the run stopped before the bad step changed any weights."""
 
 

@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
-from ginformer.runs.settings import ConfigError
+from ginformer.errors import ConfigError
 
 Feature = dict[str, list[int]]  # {"input_ids", "labels"}: one training example, labels -100 where no loss
 

@@ -49,8 +49,8 @@ from ginformer.data.reasoning import (
     load_gsm8k,
     majority_baseline,
 )
-from ginformer.runs.generate import generate_batched
-from ginformer.runs.settings import ConfigError, check_fields, positive, require
+from ginformer.generation import generate_batched
+from ginformer.settings import ConfigError, check_fields, positive, require
 from ginformer.tasks.base import Column, Feature, Generation, HeldOut, Losses, Scores, Splits, Task
 
 log = logging.getLogger(__name__)

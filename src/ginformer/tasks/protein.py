@@ -27,8 +27,8 @@ from ginformer.data.protein import (
     split_records,
 )
 from ginformer.data.tokenizer import build_protein_tokenizer, label_token_ids
-from ginformer.runs.generate import generate_batched
-from ginformer.runs.settings import check_fields, positive, require
+from ginformer.generation import generate_batched
+from ginformer.settings import check_fields, positive, require
 from ginformer.tasks.base import Column, Feature, Generation, HeldOut, Losses, Scores, Splits, Task
 
 

@@ -23,7 +23,7 @@ from transformers import PreTrainedTokenizerBase
 
 from ginformer.data.rows import bundled_path
 from ginformer.data.text import CorpusSplit, PackedBlocks, TokenizedCorpus, tokenize_corpus, tokenize_source
-from ginformer.runs.settings import ConfigError, check_fields, positive, require
+from ginformer.settings import ConfigError, check_fields, positive, require
 from ginformer.tasks.base import Column, Generation, HeldOut, Losses, Scores, Splits, Task
 
 BUNDLED_CORPUS = "tinyshakespeare/input.txt"

@@ -19,9 +19,7 @@ from typing import Any, Literal, Mapping
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A config names an unknown key or holds a bad value; the message says which and what is allowed."""
+from ginformer.errors import ConfigError
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
