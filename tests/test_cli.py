@@ -147,3 +147,17 @@ def test_an_lm_eval_task_whose_data_is_out_of_reach_is_one_line(run_dir, tmp_pat
     refused(capsys, ["evaluate", "--run", run_dir, "--lm-eval", task],
             "Couldn't reach 'allenai/ai2_arc' on the Hub (LocalEntryNotFoundError): their data is on the Hugging "
             "Face Hub, which this machine cannot reach")
+
+
+@pytest.mark.parametrize("bug", [KeyError("step"), ValueError("an internal invariant broke")])
+def test_an_error_that_is_not_the_librarys_own_is_a_bug_with_its_traceback(tmp_path, capsys, monkeypatch, bug):
+    """Only ginformer's error types are bad input; anything else, a ValueError included, is shown as the bug it is."""
+    def broken(*args, **kwargs):
+        raise bug
+
+    monkeypatch.setattr("ginformer.runs.train.train", broken)
+    code = main(["pretrain", "--config", str(text_config(tmp_path, tmp_path / "corpus.txt"))])
+    err = capsys.readouterr().err
+    assert code == 70
+    assert "Traceback" in err and f"{type(bug).__name__}: " in err, err
+    assert "this is a bug in ginformer or in a library it calls" in err.splitlines()[-1]

@@ -11,6 +11,8 @@ import traceback
 from pathlib import Path
 from typing import Callable, Sequence
 
+from ginformer.errors import ConfigError, GinformerError
+
 
 def _set_option(parser: argparse.ArgumentParser, example: str) -> None:
     parser.add_argument(
@@ -86,7 +88,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         return _evaluate_lm_eval(args)
     for flag, value in (("--num-fewshot", args.num_fewshot), ("--lm-eval-tasks", args.lm_eval_tasks or None)):
         if value is not None:
-            raise ValueError(f"{flag} applies to --lm-eval only")
+            raise ConfigError(f"{flag} applies to --lm-eval only")
     result = evaluate_run(
         args.run_dir, args.data, limit=args.limit, generate=args.generate, max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
@@ -96,11 +98,15 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _evaluate_lm_eval(args: argparse.Namespace) -> None:
-    from ginformer.integrations.lm_eval import evaluate_run_lm_eval, format_results, output_path
+    from ginformer.integrations.lm_eval import (
+        evaluate_run_lm_eval,
+        format_results,
+        output_path,
+    )
 
     for flag, value in (("--generate", args.generate), ("--max-new-tokens", args.max_new_tokens)):
         if value is not None:
-            raise ValueError(f"{flag} does not apply to --lm-eval: the task's config says how it generates")
+            raise ConfigError(f"{flag} does not apply to --lm-eval: the task's config says how it generates")
     results = evaluate_run_lm_eval(
         args.run_dir, args.lm_eval, task_paths=args.lm_eval_tasks, num_fewshot=args.num_fewshot, limit=args.limit,
         batch_size=args.batch_size or 1, gsm8k_source=args.data,
@@ -120,7 +126,11 @@ def _compare_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _compare(args: argparse.Namespace) -> None:
-    from ginformer.runs.compare import load_compare_settings, pending_runs, run_comparison
+    from ginformer.runs.compare import (
+        load_compare_settings,
+        pending_runs,
+        run_comparison,
+    )
 
     settings = load_compare_settings(args.config, args.overrides)
     root = run_comparison(settings, overwrite=args.overwrite, only=args.only)
@@ -178,7 +188,7 @@ def _generate(args: argparse.Namespace) -> None:
     if args.prompts is None:
         for flag, value in (("--output", args.output), ("--batch-size", args.batch_size)):
             if value is not None:
-                raise ValueError(f"{flag} applies to --prompts only")
+                raise ConfigError(f"{flag} applies to --prompts only")
     sampled = any(value is not None for value in (args.temperature, args.top_k, args.top_p))
     temperature = 1.0 if args.temperature is None else args.temperature
     options = {"max_new_tokens": args.max_new_tokens, "seed": args.seed,
@@ -331,7 +341,6 @@ BUG = 70  # the exit status of an exception that is not the library's own (sysex
 def main(argv: Sequence[str] | None = None) -> int:
     """Exit status 0; 1 when training diverged; 2 for input the message says how to fix (as argparse's usage
     errors); 70 for a bug, after its traceback."""
-    from ginformer.errors import GinformerError
     from ginformer.runs.train import TrainingDiverged
 
     args = build_parser().parse_args(argv)

@@ -4,7 +4,7 @@
 in ginformer or in a library it calls, and keeps its traceback. Each type also derives from the built-in a
 caller would catch without knowing ginformer (ValueError, FileNotFoundError, ...).
 
-    ConfigError       a config key or value: unknown, badly typed, out of range, contradicting another
+    ConfigError       a config key or value, or a command option: unknown, badly typed, out of range, in conflict
     DataError         a data file, row or column: unreadable, malformed, empty, too long for the model
     CheckpointError   a saved run, checkpoint, model or adapter that cannot be read back: truncated, tampered, changed
     ModelRefused      a base model whose attention or residual stream the adapter cannot reproduce faithfully

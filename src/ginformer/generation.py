@@ -14,6 +14,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, TextStreamer
 
+from ginformer.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Sampling:
@@ -25,11 +27,11 @@ class Sampling:
 
     def __post_init__(self) -> None:
         if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0 (greedy decoding is the default), got {self.temperature}")
+            raise ConfigError(f"temperature must be > 0 (greedy decoding is the default), got {self.temperature}")
         if self.top_k is not None and self.top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {self.top_k}")
+            raise ConfigError(f"top_k must be >= 1, got {self.top_k}")
         if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
 
     def generate_kwargs(self) -> dict:
         return {"do_sample": True, "temperature": self.temperature, "top_k": self.top_k or 0,
@@ -60,7 +62,7 @@ def generate_batched(
     stopped row's end hold the pad id.
     """
     if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths share a batch

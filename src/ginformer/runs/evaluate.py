@@ -29,12 +29,12 @@ import torch
 from tqdm.auto import tqdm
 
 from ginformer.data.batches import CausalLMCollator, target_counts
+from ginformer.errors import ConfigError, DataError, MissingInput, OutputInTheWay
 from ginformer.files import check_output_file, refuse_special_file
 from ginformer.runs.config import RunSettings, load_run_settings
 from ginformer.runs.run_dir import RunDir
 from ginformer.runs.train import perplexity, token_nll
 from ginformer.tasks import Column, Generation, Losses, Task
-
 
 VAL = "val"  # the name of the run's own validation split in evaluation files
 
@@ -63,14 +63,14 @@ def finished_run_settings(run_dir: Path) -> RunSettings:
     """The settings of a finished run directory; a clear error for a missing, foreign or unfinished one."""
     run = RunDir(run_dir)
     if not run.path.is_dir():
-        raise FileNotFoundError(f"run directory not found: {run_dir}")
+        raise MissingInput(f"run directory not found: {run_dir}")
     if not run.config_path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run directory: it has no {run.config_path.name}")
+        raise MissingInput(f"{run_dir} is not a run directory: it has no {run.config_path.name}")
     settings = load_run_settings(run.config_path)
     side = settings.side
     if side.trains(settings.model) and not run.final(side.final_dir).is_dir():
         verb = "pretrain" if side.name == "scratch" else "finetune"
-        raise FileNotFoundError(
+        raise MissingInput(
             f"{run_dir} has no {side.final_dir}/: the run has not finished; continue it with "
             f"`ginformer {verb} --config {run.config_path} --resume`"
         )
@@ -104,14 +104,14 @@ def evaluate_run(
     for name, value in (("limit", limit), ("generate", generate), ("max_new_tokens", max_new_tokens),
                         ("batch_size", batch_size)):
         if value is not None and value < (0 if name == "generate" else 1):
-            raise ValueError(f"{name} must be >= {0 if name == 'generate' else 1}, got {value}")
+            raise ConfigError(f"{name} must be >= {0 if name == 'generate' else 1}, got {value}")
     if data is not None:
         refuse_special_file(data, "data file")
         if not Path(data).is_file():
-            raise FileNotFoundError(f"data file not found: {data}")
+            raise MissingInput(f"data file not found: {data}")
         if Path(data).stem == VAL:
-            raise ValueError(f"{data}: its results would go to {RunDir(run_dir).evaluation(VAL).name}, the run's own "
-                             "validation evaluation (which comparisons read): rename the file")
+            raise OutputInTheWay(f"{data}: its results would go to {RunDir(run_dir).evaluation(VAL).name}, the run's "
+                                 "own validation evaluation (which comparisons read): rename the file")
     if write:
         check_output_file(RunDir(run_dir).evaluation(VAL if data is None else Path(data).stem), "the evaluation file")
     settings = finished_run_settings(run_dir)
@@ -158,7 +158,7 @@ def check_options(task: Task, **options: Any) -> None:
     for name, value in options.items():
         if value is not None and name not in task.evaluate_options:
             flag = "--" + name.replace("_", "-")
-            raise ValueError(f"{flag} does not apply to a {task.name} run: it is scored without free generation")
+            raise ConfigError(f"{flag} does not apply to a {task.name} run: it is scored without free generation")
 
 
 @torch.no_grad()
@@ -175,7 +175,7 @@ def language_model_loss(model, examples: Sequence[dict[str, list[int]]], pad_tok
         total_nll += nll.sum().item()
         total_tokens += int(tokens.sum().item())
     if total_tokens == 0:
-        raise ValueError("no token to score: every label is -100")
+        raise DataError("no token to score: every label is -100")
     return total_nll / total_tokens
 
 
@@ -184,7 +184,7 @@ def unigram_loss(train_counts: np.ndarray, eval_counts: np.ndarray) -> float:
     smoothed over the vocabulary: what a model scores that ignores the context. Both are (V,) target counts."""
     scored = eval_counts.sum()
     if scored == 0:
-        raise ValueError("no token to score: every label is -100")
+        raise DataError("no token to score: every label is -100")
     log_p = np.log((train_counts + 1) / (train_counts.sum() + len(train_counts)))
     return float(-(eval_counts * log_p).sum() / scored)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from ginformer.data.rows import read_records
+from ginformer.errors import ConfigError, DataError, MissingInput
 from ginformer.files import atomic_write_text, check_output_file, decode_text, refuse_special_file
 from ginformer.generation import Sampling, generate_batched, stream
 
@@ -31,11 +32,11 @@ class RunGenerator:
     def encode(self, prompt: str | Sequence[Mapping[str, str]]) -> list[int]:
         """A text, or a conversation so far as {role, content} messages (instruction runs)."""
         if not isinstance(prompt, str) and not self.task.conversational:
-            raise ValueError(f"a {self.task.name} run continues text: conversations ({{role, content}} messages, "
-                             "--chat) need an instruction run")
+            raise ConfigError(f"a {self.task.name} run continues text: conversations ({{role, content}} messages, "
+                              "--chat) need an instruction run")
         ids = self.task.prompt_ids(prompt, self.tokenizer)
         if not ids:
-            raise ValueError("the prompt is empty: give at least one character to continue")
+            raise DataError("the prompt is empty: give at least one character to continue")
         return ids
 
     def text(self, ids: Sequence[int]) -> str:
@@ -63,8 +64,8 @@ class RunGenerator:
         window = self.window or max(map(len, ids)) + max_new_tokens
         too_long = [where for (where, _), prompt in zip(rows, ids) if len(prompt) + max_new_tokens > window]
         if too_long:
-            raise ValueError(f"{prompts}: {', '.join(too_long[:5])}: the prompt and --max-new-tokens exceed the "
-                             f"{window} positions the model was trained on")
+            raise DataError(f"{prompts}: {', '.join(too_long[:5])}: the prompt and --max-new-tokens exceed the "
+                            f"{window} positions the model was trained on")
         new = generate_batched(self.model, self.tokenizer, ids, max_new_tokens=max_new_tokens, batch_size=batch_size,
                                stop=self.stop, sampling=sampling)
         atomic_write_text(output, "".join(
@@ -78,7 +79,7 @@ class RunGenerator:
         in the run's template. "/reset" forgets the history; "/exit" or the end of input ends. Returns the
         conversation as messages."""
         if not self.task.conversational:  # before the user types a turn
-            raise ValueError(f"--chat needs an instruction run; a {self.task.name} run continues text (--prompt)")
+            raise ConfigError(f"--chat needs an instruction run; a {self.task.name} run continues text (--prompt)")
         torch.manual_seed(seed)
         messages: list[dict[str, str]] = []
         show("chat with the model: /reset forgets the conversation, /exit or Ctrl-D ends it")
@@ -103,18 +104,18 @@ def read_prompts(path: Path) -> list[tuple[str, str | list]]:
     """(where, prompt) pairs of a prompts file: .txt lines, or .jsonl rows with `prompt` or `messages`."""
     refuse_special_file(path, "prompts file")
     if not path.is_file():
-        raise FileNotFoundError(f"prompts file not found: {path}")
+        raise MissingInput(f"prompts file not found: {path}")
     if path.suffix == ".jsonl":
         rows = []
         for where, row in read_records(path, (".jsonl",))[0]:
             prompt = row.get("prompt", row.get("messages")) if isinstance(row, dict) else None
             if not isinstance(prompt, (str, list)) or not prompt:
-                raise ValueError(f"{path}: {where}: expected an object with a 'prompt' (text or messages) or "
-                                 f"'messages'" + (f" ({row})" if isinstance(row, str) else ""))
+                raise DataError(f"{path}: {where}: expected an object with a 'prompt' (text or messages) or "
+                                f"'messages'" + (f" ({row})" if isinstance(row, str) else ""))
             rows.append((where, prompt))
         return rows
     lines = decode_text(path.read_bytes(), path).splitlines()
     rows = [(f"line {n}", line) for n, line in enumerate(lines, start=1) if line.strip()]
     if not rows:
-        raise ValueError(f"{path}: no prompt in it")
+        raise DataError(f"{path}: no prompt in it")
     return rows

@@ -30,10 +30,11 @@ from ginformer.adapter import SparseGINConfig, SparseGINLayer, SparseGINModel, g
 from ginformer.adapter.host import HostMismatch, probe
 from ginformer.adapter.hub import CONFIG_NAME
 from ginformer.adapter.lora import LoraTarget, get_lora_model, lora_config_for_budget, lora_target_modules
-from ginformer.modeling import GinformerForCausalLM
+from ginformer.errors import CheckpointError, ConfigError, MissingInput
 from ginformer.files import UnsafeFileError, read_text_file
+from ginformer.modeling import GinformerForCausalLM
 from ginformer.pretrained import WeightsMismatch, load_base_model, load_base_tokenizer, load_exactly
-from ginformer.settings import ConfigError, build_settings, check_fields, positive, require
+from ginformer.settings import build_settings, check_fields, positive, require
 from ginformer.sizing import count_parameters
 
 # ---------------------------------------------------------------------------------------------------- settings
@@ -398,12 +399,13 @@ def read_weights(directory: Path, load: Callable[[], torch.nn.Module]) -> torch.
         raise
     except (OSError, ValueError, RuntimeError, KeyError, TypeError, SafetensorError) as err:
         if not directory.is_dir():
-            raise FileNotFoundError(f"{directory} is missing: the run has not finished") from None
+            raise MissingInput(f"{directory} is missing: the run has not finished") from None
         damaged = next((f"{p.name} is truncated or corrupt" for p in sorted(directory.glob("*.safetensors"))
                         if _weights_damaged(p)), None)
         if damaged:
-            raise ValueError(f"{directory}: {damaged}: train the run again, or resume it from a checkpoint") from None
-        raise ValueError(f"{directory}: the saved model cannot be loaded ({type(err).__name__}: {err})") from None
+            raise CheckpointError(
+                f"{directory}: {damaged}: train the run again, or resume it from a checkpoint") from None
+        raise CheckpointError(f"{directory}: the saved model cannot be loaded ({type(err).__name__}: {err})") from None
 
 
 def _weights_damaged(path: Path) -> bool:
@@ -420,14 +422,14 @@ def check_adapter_description(directory: Path) -> None:
     """A saved Sparse-GIN adapter's description (adapter_config.json, or the one inside Trainer's model.safetensors)
     holds a valid SparseGINConfig: a wrong field is named, before any weight is read."""
     if not directory.is_dir():
-        raise FileNotFoundError(f"{directory} is missing: the run has not finished")
+        raise MissingInput(f"{directory} is missing: the run has not finished")
     config_file = directory / CONFIG_NAME
     if not config_file.is_file():
         return  # Trainer's layout: its description is checked as the adapter loads
     try:
         payload = json.loads(read_text_file(config_file, "adapter config"))
     except (json.JSONDecodeError, RecursionError) as err:
-        raise ValueError(f"{config_file} is not valid JSON ({err})") from None
+        raise CheckpointError(f"{config_file} is not valid JSON ({err})") from None
     config = payload.get("config") if isinstance(payload, dict) else None
     try:
         build_settings(SparseGINConfig, config, "config")

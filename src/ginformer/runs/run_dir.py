@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ginformer.errors import CheckpointError, OutputInTheWay
+from ginformer.errors import CheckpointError, MissingInput, OutputInTheWay
 from ginformer.files import (
     append_line,
     atomic_write_text,
@@ -164,8 +164,8 @@ class RunDir:
         """The saved settings as plain data (config.py turns them back into RunSettings)."""
         raw = load_yaml(read_text_file(self.config_path, "run config"), str(self.config_path))
         if raw is not None and not isinstance(raw, dict):
-            raise ValueError(f"{self.config_path}: a {type(raw).__name__}, expected a mapping of sections; the run "
-                             "directory is damaged")
+            raise CheckpointError(f"{self.config_path}: a {type(raw).__name__}, expected a mapping of sections; the "
+                                  "run directory is damaged")
         return raw or {}
 
     def write_config(self, text: str) -> None:
@@ -181,8 +181,8 @@ class RunDir:
             if isinstance(event, str):
                 if torn_tail_ok and number == self.torn_line():
                     break
-                raise ValueError(f"{self.metrics_path}: line {number}: {event}; the file is damaged: delete that "
-                                 "line, or train the run again with --overwrite")
+                raise CheckpointError(f"{self.metrics_path}: line {number}: {event}; the file is damaged: delete that "
+                                      "line, or train the run again with --overwrite")
             events.append(event)
         return events
 
@@ -208,7 +208,7 @@ class RunDir:
     def start_event(self) -> dict[str, Any]:
         start = next((e for e in self.read_metrics() if e["event"] == "start"), None)
         if start is None:
-            raise ValueError(f"{self.metrics_path} has no start event: the run never started training")
+            raise CheckpointError(f"{self.metrics_path} has no start event: the run never started training")
         return start
 
     def trim_metrics_for_resume(self, step: int) -> None:
@@ -240,9 +240,9 @@ class RunDir:
                 return checkpoint, skipped
             skipped.append(f"{checkpoint.path.name}: {problem}")
         if not skipped:
-            raise FileNotFoundError(f"cannot resume: no checkpoint-N directory in {self.path}")
-        raise ValueError(f"cannot resume {self.path}: no complete checkpoint ({'; '.join(skipped)}); train it again "
-                         "with --overwrite")
+            raise MissingInput(f"cannot resume: no checkpoint-N directory in {self.path}")
+        raise CheckpointError(f"cannot resume {self.path}: no complete checkpoint ({'; '.join(skipped)}); train it "
+                              "again with --overwrite")
 
     def _staged_checkpoints(self) -> list[Path]:
         if not self.staging.is_dir():

@@ -52,9 +52,9 @@ from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, EvalLoopOutput, rotate_checkpoints
 
 from ginformer.data.batches import IGNORE_INDEX, CausalLMCollator
+from ginformer.errors import ConfigError, DataError, GinformerError, OutputInTheWay
 from ginformer.runs.config import RunSettings, settings_yaml
 from ginformer.runs.run_dir import Checkpoint, RunDir, RunLocked
-from ginformer.errors import ConfigError, GinformerError
 from ginformer.tasks import Splits
 
 logger = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def train(
     """
     side = settings.side
     if resume and overwrite:
-        raise ValueError("resume and overwrite exclude each other: resume continues a run, overwrite deletes it")
+        raise ConfigError("resume and overwrite exclude each other: resume continues a run, overwrite deletes it")
     if resume and not side.trains(settings.model):
         raise ConfigError("model.method='none' trains nothing, so there is nothing to resume; use --overwrite")
     run = RunDir(settings.run_dir)
@@ -380,7 +380,7 @@ class GuardedTrainer(Trainer):
             num_samples += len(tokens)
             self.control = self.callback_handler.on_prediction_step(self.args, self.state, self.control)
         if total_tokens == 0:  # a loss of 0 would read as a perfect model
-            raise ValueError(f"the {description.lower()} set has no token to score ({num_samples} examples)")
+            raise DataError(f"the {description.lower()} set has no token to score ({num_samples} examples)")
         metrics = {f"{metric_key_prefix}_loss": total_nll / total_tokens}
         return EvalLoopOutput(predictions=None, label_ids=None, metrics=metrics, num_samples=num_samples)
 
@@ -408,7 +408,7 @@ def check_run_dir(settings: RunSettings, run: RunDir, resume: bool, overwrite: b
                         checkpoint.path.name, "; ".join(skipped))
         return checkpoint
     if run.holds_files() and not overwrite:
-        raise FileExistsError(
+        raise OutputInTheWay(
             f"run directory {run.path} already exists; pass --resume to continue it, --overwrite to replace it, "
             f"or choose another training.run_name"
         )

@@ -49,8 +49,9 @@ from ginformer.data.reasoning import (
     load_gsm8k,
     majority_baseline,
 )
+from ginformer.errors import ConfigError, DataError
 from ginformer.generation import generate_batched
-from ginformer.settings import ConfigError, check_fields, positive, require
+from ginformer.settings import check_fields, positive, require
 from ginformer.tasks.base import Column, Feature, Generation, HeldOut, Losses, Scores, Splits, Task
 
 log = logging.getLogger(__name__)
@@ -169,7 +170,7 @@ class InstructTask(Task):
         _, train_features = self.fit(train, tokenizer, s.max_train_examples)
         _, val_features = self.fit(val, tokenizer, s.max_val_examples)
         if not train_features or not val_features:
-            raise ValueError(
+            raise DataError(
                 f"{s.task} ({s.source}): {len(train_features)} training and {len(val_features)} validation "
                 f"examples fit data.max_length={s.max_length}; both need at least one"
             )
@@ -186,7 +187,7 @@ class InstructTask(Task):
             rows, name = self.examples(data), data.stem
         examples, features = self.fit(rows, tokenizer, limit)
         if not examples:
-            raise ValueError(f"{data or 'the validation split'}: no row fits data.max_length={s.max_length}")
+            raise DataError(f"{data or 'the validation split'}: no row fits data.max_length={s.max_length}")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # training reported the dropped rows already
             _, train_features = self.fit(train, tokenizer, s.max_train_examples)
@@ -232,7 +233,7 @@ class InstructTask(Task):
         try:
             messages = tuple(Message(m["role"], m["content"]) for m in prompt)
         except (KeyError, TypeError):
-            raise ValueError(f"a conversation must be a list of {{role, content}} messages, got {prompt!r}") from None
+            raise DataError(f"a conversation must be a list of {{role, content}} messages, got {prompt!r}") from None
         return encode_generation_prompt(messages, tokenizer, self.template)
 
     def stop_string(self) -> str | None:

@@ -27,6 +27,7 @@ from ginformer.data.protein import (
     split_records,
 )
 from ginformer.data.tokenizer import build_protein_tokenizer, label_token_ids
+from ginformer.errors import DataError
 from ginformer.generation import generate_batched
 from ginformer.settings import check_fields, positive, require
 from ginformer.tasks.base import Column, Feature, Generation, HeldOut, Losses, Scores, Splits, Task
@@ -81,7 +82,7 @@ class ProteinTask(Task):
         train, val = split_records(self.records(), val_fraction=s.val_fraction, seed=s.split_seed)
         train, val = train[: s.max_train_examples], val[: s.max_val_examples]
         if not train or not val:
-            raise ValueError(
+            raise DataError(
                 f"{s.source}: {len(train)} training and {len(val)} validation proteins after filtering "
                 f"(data.max_length={s.max_length}); both need at least one"
             )
@@ -105,7 +106,7 @@ class ProteinTask(Task):
         else:
             records, name = self.records(data), data.stem
             if not records:
-                raise ValueError(
+                raise DataError(
                     f"{data}: no protein left to evaluate after filtering (the run keeps sequences shorter than "
                     f"data.max_length={self.settings.max_length})"
                 )
