@@ -10,7 +10,7 @@ from ginformer.adapter import (
     head_aggregated_attention,
     sparse_adjacency,
 )
-from ginformer.kernels import sparse_gin
+from ginformer.kernels import graph_blocks, sparse_gin
 from ginformer.kernels.sparse_gin import GraphInputs, sparse_gin_neighbours
 from test_adapter import TINY
 
@@ -90,7 +90,7 @@ def case_graph(case: str, **lengths) -> GraphInputs:
 @pytest.mark.parametrize("block_scores", [10**6, 20])  # one block; blocks of a few rows (20 // (B·H·T_k) ≥ 1)
 @pytest.mark.parametrize("case", CASES)
 def test_blockwise_equals_dense_in_values_and_gradients(monkeypatch, case, block_scores, backward):
-    monkeypatch.setattr(sparse_gin, "_BLOCK_SCORES", block_scores)
+    monkeypatch.setattr(graph_blocks, "_BLOCK_SCORES", block_scores)
     if backward == "recompute":  # no edge list fits: backward recomputes the blocks
         monkeypatch.setattr(sparse_gin, "EDGES_PER_QUERY", 0)
     assert_same_values_and_gradients(case_graph(case))
@@ -98,7 +98,7 @@ def test_blockwise_equals_dense_in_values_and_gradients(monkeypatch, case, block
 
 def test_edge_budget_is_counted_over_blocks(monkeypatch):
     """A graph that outgrows the budget halfway switches to recomputation and still gives the dense gradients."""
-    monkeypatch.setattr(sparse_gin, "_BLOCK_SCORES", 2 * 4 * 9)  # one query row per block
+    monkeypatch.setattr(graph_blocks, "_BLOCK_SCORES", 2 * 4 * 9)  # one query row per block
     graph = graph_inputs(threshold=0.0)  # every causal edge kept: 45 per sequence
     z = torch.randn(2, 9, 5, requires_grad=True)
     _, edges = sparse_gin.blockwise_neighbours(graph, z, edge_budget=90)

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from ginformer.graph import allowed_edges
-from ginformer.kernels.sparse_gin import head_probabilities, soft_capped
+from ginformer.kernels.graph_blocks import head_probabilities, soft_capped
 
 
 class AttentionInputs(NamedTuple):

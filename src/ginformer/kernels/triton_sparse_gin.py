@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ginformer.kernels.sparse_gin import AGGREGATIONS, GraphInputs
+from ginformer.kernels.graph_blocks import AGGREGATIONS, GraphInputs
 
 BLOCK = 32  # query and key rows per tile: tl.dot needs 16 at least; A'·Z holds BLOCK × next_pow2(F) floats
 _FLOOR = tl.constexpr(-1.0e30)  # the score of a forbidden edge: exp(_FLOOR − m) = 0 for any row that sees a key
