@@ -319,3 +319,18 @@ def test_a_config_with_a_byte_order_mark_or_nested_too_deeply_is_read_or_named(t
     path.write_text("training: " + "[" * 20_000 + "]" * 20_000 + "\n")
     with pytest.raises(ConfigError, match="run.yaml: its values are nested too deeply to read"):
         load_settings(path)
+
+
+def test_a_training_field_reaches_trainer_by_its_name_and_a_schedule_by_its_choice():
+    """A new Trainer option is one field of TrainingSettings (adam_beta1), a new schedule one choice (inverse_sqrt):
+    nothing else maps them."""
+    from transformers.trainer_utils import SchedulerType
+
+    from ginformer.runs.train import training_arguments
+
+    settings = load_settings(None, ["training.adam_beta1=0.8", "training.lr_scheduler=inverse_sqrt"])
+    arguments = training_arguments(settings)
+    assert arguments.adam_beta1 == 0.8 and arguments.lr_scheduler_type == SchedulerType.INVERSE_SQRT
+    assert arguments.run_name == settings.training.run_name  # Trainer's loggers name the run as its directory
+    with pytest.raises(ConfigError, match=r"training\.adam_beta1=1\.5.*in \[0, 1\)"):
+        load_settings(None, ["training.adam_beta1=1.5"])

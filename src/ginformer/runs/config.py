@@ -49,13 +49,14 @@ class TrainingSettings:
     run_name: str = "pretrain"  # the run writes to <output_root>/<run_name>/
     output_root: str = "runs"
     learning_rate: float = 1e-4
-    lr_scheduler: Literal["constant_with_warmup", "constant", "linear", "cosine"] = "constant_with_warmup"
+    lr_scheduler: Literal["constant_with_warmup", "constant", "linear", "cosine", "inverse_sqrt"] = "constant_with_warmup"
     min_lr_ratio: float = 0.0  # cosine decays to learning_rate × this (nanoGPT: 0.1); other schedules ignore it
     warmup_steps: int = 250
     per_device_train_batch_size: int = 8
     per_device_eval_batch_size: int = 4
     gradient_accumulation_steps: int = 4
     weight_decay: float = 0.01
+    adam_beta1: float = 0.9
     adam_beta2: float = 0.999  # nanoGPT's small models use 0.99: the second moment adapts faster
     max_grad_norm: float = 1.0
     num_train_epochs: float = 9.0  # used unless max_steps is set
@@ -88,6 +89,7 @@ class TrainingSettings:
                  "max_steps", "save_total_limit")
         require(self.warmup_steps >= 0, "training.warmup_steps", self.warmup_steps, ">= 0")
         require(self.weight_decay >= 0, "training.weight_decay", self.weight_decay, ">= 0")
+        require(0 <= self.adam_beta1 < 1, "training.adam_beta1", self.adam_beta1, "in [0, 1)")
         require(0 < self.adam_beta2 < 1, "training.adam_beta2", self.adam_beta2, "in (0, 1)")
         require(0 <= self.min_lr_ratio < 1, "training.min_lr_ratio", self.min_lr_ratio, "in [0, 1)")
         require(self.max_grad_norm >= 0, "training.max_grad_norm", self.max_grad_norm, ">= 0 (0 disables clipping)")

@@ -39,6 +39,7 @@ same examples per step, in the same order, as one process with batch N·b.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import time
@@ -192,37 +193,29 @@ CHECKPOINTING_ARGUMENT = next(name for name in ("activation_checkpointing", "gra
                               if name in TrainingArguments.__dataclass_fields__)
 
 
+# TrainingSettings fields that are not TrainingArguments' own, or mean something else there; every other field
+# passes to TrainingArguments by its name, so a new Trainer option is one field in TrainingSettings.
+TRANSLATED = frozenset({"output_root", "lr_scheduler", "min_lr_ratio", "max_steps", "gradient_checkpointing",
+                        "report_to"})
+
+
 def training_arguments(settings: RunSettings) -> TrainingArguments:
     """transformers' TrainingArguments for a run; the only place our settings meet Trainer's names."""
     t = settings.training
+    own = {f.name: getattr(t, f.name) for f in dataclasses.fields(t) if f.name not in TRANSLATED}
     cosine_floor = t.lr_scheduler == "cosine" and t.min_lr_ratio > 0
     return TrainingArguments(
+        **own,
         output_dir=str(settings.run_dir),
-        learning_rate=t.learning_rate,
         lr_scheduler_type="cosine_with_min_lr" if cosine_floor else t.lr_scheduler,
         lr_scheduler_kwargs={"min_lr_rate": t.min_lr_ratio} if cosine_floor else None,
-        warmup_steps=t.warmup_steps,
-        per_device_train_batch_size=t.per_device_train_batch_size,
-        per_device_eval_batch_size=t.per_device_eval_batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
-        weight_decay=t.weight_decay,
-        adam_beta2=t.adam_beta2,
-        max_grad_norm=t.max_grad_norm,
-        num_train_epochs=t.num_train_epochs,
         max_steps=-1 if t.max_steps is None else t.max_steps,
-        logging_strategy="steps",
-        logging_steps=t.logging_steps,
-        eval_strategy="steps",
-        eval_steps=t.eval_steps,
-        save_strategy="steps",
-        save_steps=t.save_steps,
-        save_total_limit=t.save_total_limit,
-        seed=t.seed,
-        data_seed=t.seed,  # the shuffling order is part of the run, so resume and multi-process runs see it too
-        bf16=t.bf16,
-        torch_compile=t.torch_compile,
         **{CHECKPOINTING_ARGUMENT: t.gradient_checkpointing},
-        optim=t.optim,
+        report_to=t.report_to or "none",
+        logging_strategy="steps",
+        eval_strategy="steps",
+        save_strategy="steps",
+        data_seed=t.seed,  # the shuffling order is part of the run, so resume and multi-process runs see it too
         # We stop on a non-finite loss ourselves; Trainer's filter would hide it from the logs.
         logging_nan_inf_filter=False,
         prediction_loss_only=True,
@@ -230,7 +223,6 @@ def training_arguments(settings: RunSettings) -> TrainingArguments:
         # Without an accelerator, accelerate only forms a multi-process (gloo) group when told it runs on CPU.
         use_cpu=not torch.accelerator.is_available(),
         dataloader_pin_memory=torch.accelerator.is_available(),
-        report_to=t.report_to or "none",
         disable_tqdm=False,
     )
 
