@@ -13,8 +13,11 @@ that metrics.jsonl records (α, ε, PNA's λ per layer from scratch; Sparse-GIN'
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
+import operator
+import typing
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -24,7 +27,14 @@ from typing import Any, Literal
 import peft
 import torch
 from safetensors import SafetensorError
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, Trainer
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    Trainer,
+)
 
 from ginformer.adapter import SparseGINConfig, SparseGINLayer, SparseGINModel, get_sparse_gin_model
 from ginformer.adapter.host import HostMismatch, probe
@@ -32,85 +42,81 @@ from ginformer.adapter.hub import CONFIG_NAME
 from ginformer.adapter.lora import LoraTarget, get_lora_model, lora_config_for_budget, lora_target_modules
 from ginformer.errors import CheckpointError, ConfigError, MissingInput
 from ginformer.files import UnsafeFileError, read_text_file
-from ginformer.modeling import GinformerForCausalLM
+from ginformer.modeling import GinformerConfig, GinformerForCausalLM
 from ginformer.pretrained import WeightsMismatch, load_base_model, load_base_tokenizer, load_exactly
 from ginformer.settings import build_settings, check_fields, positive, require
-from ginformer.sizing import count_parameters
+from ginformer.sizing import count_parameters, size_config
 
 # ---------------------------------------------------------------------------------------------------- settings
 
 
-@dataclass
-class ScratchModelSettings:
-    """A Llama decoder trained from scratch whose attention may be a GNN.
+# The paper's protein model at ~25 M parameters; every graph option keeps GinformerConfig's default (modeling.py
+# documents each). Of Llama's own options only these sizes are set from a run config.
+PAPER_SIZES: dict[str, Any] = {
+    "num_hidden_layers": 6,
+    "num_attention_heads": 8,
+    "num_key_value_heads": None,  # one key/value head per query head
+    "hidden_size": 512,  # chosen by sizing instead when target_params is set
+    "intermediate_size": 2048,  # feed-forward width; 512 × 4 gives the reference model its ~25 M parameters
+    "max_position_embeddings": 512,  # must cover the longest example: 256 residues plus 5 marker tokens
+    "attention_dropout": 0.0,  # on the attention weights (the adjacency of graph layers) in training
+}
 
-    Every field but the last two is a `GinformerConfig` field of the same name and default (modeling.py
-    documents what each graph option does); the defaults are the paper's best protein model at ~25 M
-    parameters. `vocab_size` and the special-token ids come from the tokenizer, not from here.
-    """
 
-    # Size: the paper uses 6 layers × 8 heads and no grouped keys/values.
-    num_hidden_layers: int = 6
-    num_attention_heads: int = 8
-    num_key_value_heads: int | None = None  # None: one key/value head per query head
-    hidden_size: int = 512  # chosen by sizing instead when target_params is set
-    intermediate_size: int = 2048  # feed-forward width; 512 × 4 gives the reference model its ~25 M parameters
-    max_position_embeddings: int = 512  # must cover the longest example: 256 residues plus 5 marker tokens
-    attention_dropout: float = 0.0  # dropout on the attention weights (the adjacency of graph layers) in training
-    # Graph attention (GinformerConfig).
-    attention_kind: str | list[str] = "gin"  # "standard" | "gin" | "pna", or a list with one kind per layer
-    adjacency_activation: str = "softmax"
-    sharpening_init: float = 1.0  # α at step 0; 1.0 is plain softmax
-    learn_sharpening: bool = True  # a trainable α per layer: the paper's best
-    sharpness_init: float = 1.0
-    learn_sharpness: bool = False
-    threshold_init: float = 0.0
-    learn_threshold: bool = True
-    refinement: str = "none"
-    refinement_threshold: float = 0.05
-    adjacency_top_k: int = 8
-    gin_self_term: str = "one_plus_eps"
-    gin_eps_init: float = 0.0
-    learn_gin_eps: bool = True
-    gin_mlp_multiplier: float = 0.5  # γ; 0.5 generalised best in the paper
-    gin_mlp_dropout: float = 0.0
-    node_features: str = "v_proj"
-    use_o_proj: bool = False  # the paper's best model has no output projection after the GIN MLP
-    pna_aggregators: list[str] = field(default_factory=lambda: ["sum", "mean", "max", "var"])
-    pna_scalers: list[str] = field(default_factory=lambda: ["identity"])
-    pna_degree_delta: float = 4.6
-    pna_blend_init: float = 0.5
-    learn_pna_blend: bool = True
-    pna_mlp_multiplier: float = 1.0
-    pna_compile: bool = True  # PNA's aggregation through torch.compile (faster from 64 queries on); false: eager
-    # Sizing (sizing.py): compare attention kinds at an equal parameter count, as the paper does.
-    target_params: int | None = None  # pick hidden_size so the model has about this many parameters
-    scale_intermediate: bool = False  # sizing keeps the feed-forward width (the paper's best variant)
+def _as_setting(config_field: dataclasses.Field) -> tuple[str, Any, dataclasses.Field]:
+    """A GinformerConfig field as a run-config field, typed in the terms `settings.coerce` checks: a number that may
+    be an int or a float is a float, a sequence is a list."""
+    options = typing.get_args(config_field.type) or (config_field.type,)
+    options = [list[str] if typing.get_origin(o) is tuple else o for o in options]
+    options = [o for i, o in enumerate(options) if o not in options[:i] and not (o is int and float in options)]
+    default = PAPER_SIZES.get(config_field.name, config_field.default)
+    if isinstance(default, (list, tuple)):
+        return config_field.name, functools.reduce(operator.or_, options), field(default_factory=lambda: list(default))
+    return config_field.name, functools.reduce(operator.or_, options), field(default=default)
+
+
+class _ScratchModel:
+    """A Llama decoder trained from scratch whose attention may be a GNN: GinformerConfig's own options and Llama's
+    sizes (PAPER_SIZES), by the same names and defaults, plus how sizing picks the hidden size. `vocab_size` and
+    the special-token ids come from the tokenizer."""
 
     def __post_init__(self) -> None:
         check_fields(self, "model")
         positive(self, "model", "num_hidden_layers", "num_attention_heads", "hidden_size", "intermediate_size",
                  "max_position_embeddings", "target_params")
-        require(0.0 <= self.attention_dropout < 1.0, "model.attention_dropout", self.attention_dropout, "in [0, 1)")
+        require(self.attention_dropout is not None and 0.0 <= self.attention_dropout < 1.0, "model.attention_dropout",
+                self.attention_dropout, "in [0, 1)")
         try:
             self.to_config(vocab_size=64, sized=False)  # GinformerConfig checks the values it owns
         except ValueError as err:
             raise ConfigError(f"model: {err}") from None
 
-    def to_config(self, vocab_size: int, sized: bool = True, **token_ids: int | None):
+    def to_config(self, vocab_size: int, sized: bool = True, **token_ids: int | None) -> GinformerConfig:
         """The GinformerConfig these settings describe, sized to target_params when set and `sized`."""
-        from ginformer.modeling import GinformerConfig
-        from ginformer.sizing import size_config
-
         values = dataclasses.asdict(self)
-        target_params = values.pop("target_params")
-        scale_intermediate = values.pop("scale_intermediate")
+        target_params, scale_intermediate = values.pop("target_params"), values.pop("scale_intermediate")
         if values["num_key_value_heads"] is None:
             values["num_key_value_heads"] = self.num_attention_heads
         config = GinformerConfig(vocab_size=vocab_size, **values, **token_ids)
         if sized and target_params is not None:
             config = size_config(config, target_params, scale_intermediate=scale_intermediate)
         return config
+
+
+_LLAMA_FIELDS = {f.name for f in dataclasses.fields(LlamaConfig)}
+# Built from GinformerConfig itself, so an option added there is a run-config key with nothing else to change.
+ScratchModelSettings = dataclasses.make_dataclass(
+    "ScratchModelSettings",
+    [
+        *(_as_setting(f) for f in dataclasses.fields(GinformerConfig) if f.name in PAPER_SIZES or f.name not in
+          _LLAMA_FIELDS),
+        # Sizing (sizing.py): compare attention kinds at an equal parameter count, as the paper does.
+        ("target_params", int | None, field(default=None)),  # pick hidden_size so the model has about this many
+        ("scale_intermediate", bool, field(default=False)),  # sizing keeps the feed-forward width (the paper's best)
+    ],
+    bases=(_ScratchModel,),
+)
+ScratchModelSettings.__module__, ScratchModelSettings.__doc__ = __name__, _ScratchModel.__doc__
 
 
 @dataclass
