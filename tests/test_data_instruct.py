@@ -24,6 +24,7 @@ from ginformer.data.instruct import (
     tokenize_example,
     truncate_left,
 )
+from ginformer.errors import ConfigError, DataError, MissingInput
 from ginformer.pretrained import load_base_tokenizer
 from ginformer.tasks.instruct import GSM8KTask, InstructSettings, InstructTask
 
@@ -112,7 +113,7 @@ def test_columns_map_other_names_and_json_and_parquet_files_read_alike(tmp_path)
     read = [load_instruct(tmp_path / name, columns=columns).examples for name in ("rows.json", "rows.parquet")]
     assert read[0] == read[1] and [e.answer for e in read[0]] == ["a0", "a1", "a2"]
     assert read[0][2].where == "row 2"
-    with pytest.raises(ValueError, match="no row has the columns of a format.*data.columns"):
+    with pytest.raises(DataError, match="no row has the columns of a format.*data.columns"):
         load_instruct(tmp_path / "rows.json")
 
 
@@ -122,10 +123,10 @@ def test_a_mapped_column_must_exist_and_wins_over_one_bearing_our_name(tmp_path)
     read = load_instruct(both, columns={"prompt": "question"}).examples
     assert [e.prompt[-1].content for e in read] == ["q0?", "q1?", "q2?"]
     without = write_jsonl(tmp_path / "without.jsonl", [{"prompt": "p", "completion": "c"}])
-    with pytest.raises(ValueError, match=r"without.jsonl: the column mapping \{prompt: question\} names a column "
+    with pytest.raises(ConfigError, match=r"without.jsonl: the column mapping \{prompt: question\} names a column "
                                          r"'question' that no row has \(columns: completion, prompt\)"):
         load_instruct(without, columns={"prompt": "question"})
-    with pytest.raises(ValueError, match="gives 'question' to both prompt and completion"):
+    with pytest.raises(ConfigError, match="gives 'question' to both prompt and completion"):
         load_instruct(both, columns={"prompt": "question", "completion": "question"})
     swapped = load_instruct(both, columns={"prompt": "completion", "completion": "question"}).examples
     assert (swapped[0].prompt[-1].content, swapped[0].answer) == ("a0", "q0?")
@@ -133,7 +134,7 @@ def test_a_mapped_column_must_exist_and_wins_over_one_bearing_our_name(tmp_path)
 
 def test_rows_that_are_no_objects_are_named_as_such(tmp_path):
     (tmp_path / "array.jsonl").write_text(json.dumps([{"prompt": "p", "completion": "c"}]) + "\n")
-    with pytest.raises(ValueError, match=r"array.jsonl: 1 bad row\(s\): line 1: a JSON list, expected an object"):
+    with pytest.raises(DataError, match=r"array.jsonl: 1 bad row\(s\): line 1: a JSON list, expected an object"):
         load_instruct(tmp_path / "array.jsonl")
 
 
@@ -157,7 +158,7 @@ def test_bad_rows_are_named_by_line_and_field(tmp_path):
         "{oops",  # line 6
         {"messages": [MULTI_TURN[2], MULTI_TURN[1], MULTI_TURN[2]]},  # line 7: starts with the assistant
     ])
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(DataError) as err:
         load_instruct(path, on_bad_row="error")
     message = str(err.value)
     for where, why in [("line 2", "ends with a user message, not the assistant's"),
@@ -172,7 +173,7 @@ def test_bad_rows_are_named_by_line_and_field(tmp_path):
 def test_a_file_that_mixes_formats_names_the_rows_that_disagree(tmp_path):
     rows = [{"prompt": "p", "completion": "c"}, {"prompt": "p2", "completion": "c"}, {"messages": MULTI_TURN}]
     path = write_jsonl(tmp_path / "mixed.jsonl", rows)
-    with pytest.raises(ValueError, match=r"rows disagree on the format \(line 1 is prompt_completion, line 3 is "
+    with pytest.raises(DataError, match=r"rows disagree on the format \(line 1 is prompt_completion, line 3 is "
                                          r"messages\)"):
         load_instruct(path)
     with pytest.warns(UserWarning, match="line 3: missing 'prompt'"):  # told the format, the odd row is a bad row
@@ -181,12 +182,12 @@ def test_a_file_that_mixes_formats_names_the_rows_that_disagree(tmp_path):
 
 def test_undecodable_and_missing_files(tmp_path):
     (tmp_path / "latin1.jsonl").write_bytes('{"text": "caf\u00e9"}\n'.encode("latin-1"))
-    with pytest.raises(ValueError, match=r"latin1.jsonl: line 1, column \d+: not UTF-8"):
+    with pytest.raises(DataError, match=r"latin1.jsonl: line 1, column \d+: not UTF-8"):
         load_instruct(tmp_path / "latin1.jsonl")
-    with pytest.raises(FileNotFoundError, match="nope.jsonl"):
+    with pytest.raises(MissingInput, match="nope.jsonl"):
         load_instruct(tmp_path / "nope.jsonl")
     (tmp_path / "rows.csv").write_text("prompt,completion\n")
-    with pytest.raises(ValueError, match="rows.csv: unsupported source; expected a file ending in .jsonl, .json"):
+    with pytest.raises(DataError, match="rows.csv: unsupported source; expected a file ending in .jsonl, .json"):
         load_instruct(tmp_path / "rows.csv")
 
 
@@ -220,7 +221,7 @@ def test_a_multi_turn_conversation_trains_exactly_its_assistant_turns(tmp_path, 
 
 
 def test_the_chat_template_needs_a_tokenizer_with_one(gsm8k, bos_tokenizer):
-    with pytest.raises(ValueError, match="has no chat template; use data.template=paper"):
+    with pytest.raises(ConfigError, match="has no chat template; use data.template=paper"):
         tokenize_example(gsm8k[0], bos_tokenizer, "chat")
 
 

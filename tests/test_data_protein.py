@@ -23,6 +23,7 @@ from ginformer.data.protein import (
     majority_baseline,
     split_records,
 )
+from ginformer.errors import DataError, MissingInput
 
 # Written out again from the task description rather than imported, so the oracle shares no table with the code.
 ORACLE_CLASSES = {
@@ -136,7 +137,7 @@ def test_derivation_matches_the_oracle_on_tie_heavy_random_strings():
 
 @pytest.mark.parametrize("structure", ["", "HHP", "hh"])
 def test_derivation_rejects_empty_and_unknown(structure):
-    with pytest.raises(ValueError, match="empty|unknown DSSP"):
+    with pytest.raises(DataError, match="empty|unknown DSSP"):
         derive_labels(structure)
 
 
@@ -191,13 +192,13 @@ def test_bad_rows_are_skipped_and_reported_with_row_numbers(bad_file):
 
 def test_bad_rows_raise_in_error_mode(bad_file):
     first, second = ("line 2", "line 3") if bad_file.suffix == ".jsonl" else ("row 1", "row 2")
-    with pytest.raises(ValueError, match=rf"7 bad row\(s\).*{first}: empty or missing Sequence.*{second}: letters"):
+    with pytest.raises(DataError, match=rf"7 bad row\(s\).*{first}: empty or missing Sequence.*{second}: letters"):
         load_protein_records(bad_file, max_length=None, on_bad_row="error")
 
 
 def test_allow_ambiguous_keeps_rare_letters(tmp_path):
     path = write_table(tmp_path / "z.csv", [{"Sequence": "ACZE", "Secondary_structure": "HHHH"}])
-    with pytest.raises(ValueError, match="allow_ambiguous"):
+    with pytest.raises(DataError, match="allow_ambiguous"):
         load_protein_records(path, on_bad_row="error")
     (r,) = load_protein_records(path, on_bad_row="error", allow_ambiguous=True)
     assert (r.sequence, r.primary, r.secondary) == ("ACZE", "AH", "AH")
@@ -218,7 +219,7 @@ def test_max_length_filters_before_checking_and_keeps_source_row_numbers(tmp_pat
 def test_parquet_nulls_are_bad_rows(tmp_path):
     path = tmp_path / "nulls.parquet"
     pd.DataFrame({"Sequence": ["AC", None, "AC"], "Secondary_structure": ["HE", "HE", None]}).to_parquet(path)
-    with pytest.raises(ValueError, match=r"row 1: empty or missing Sequence; row 2: empty or missing Secondary"):
+    with pytest.raises(DataError, match=r"row 1: empty or missing Sequence; row 2: empty or missing Secondary"):
         load_protein_records(path, on_bad_row="error")
 
 
@@ -227,7 +228,7 @@ def test_missing_column_names_column_and_file(tmp_path, missing):
     columns = {"Sequence": "AC", "Secondary_structure": "HE"}
     del columns[missing]
     path = write_table(tmp_path / "cols.csv", [columns])
-    with pytest.raises(ValueError, match=f"{re.escape(str(path))}: missing column '{missing}'"):
+    with pytest.raises(DataError, match=f"{re.escape(str(path))}: missing column '{missing}'"):
         load_protein_records(path)
 
 
@@ -247,25 +248,28 @@ def test_given_label_columns_are_used_and_checked(tmp_path):
 
 
 def test_source_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="not found"):
+    with pytest.raises(MissingInput, match="not found"):
         load_protein_records(tmp_path / "absent.parquet")
-    with pytest.raises(FileNotFoundError, match="not found"):
+    with pytest.raises(MissingInput, match="not found"):
         load_protein_records(str(tmp_path / "absent.csv"))
     (tmp_path / "x.txt").write_text("Sequence\nAC\n")
-    with pytest.raises(ValueError, match="x.txt: unsupported source; expected a file ending in .parquet, .csv, .jsonl"):
+    with pytest.raises(DataError, match="x.txt: unsupported source; expected a file ending in .parquet, .csv, .jsonl"):
         load_protein_records(tmp_path / "x.txt")
     # A line that is no JSON object is a bad row like any other: reported by row and line, skipped or fatal.
     (tmp_path / "broken.jsonl").write_text('{"Sequence": "AC", "Secondary_structure": "HE"}\n{oops\n[1]\n')
-    with pytest.raises(ValueError, match=r"2 bad row\(s\): line 2: not valid JSON.*line 3: a JSON list"):
+    with pytest.raises(DataError, match=r"2 bad row\(s\): line 2: not valid JSON.*line 3: a JSON list"):
         load_protein_records(tmp_path / "broken.jsonl", on_bad_row="error")
     with pytest.warns(UserWarning, match="skipped .*broken.jsonl: 2 bad row"):
         assert [r.sequence for r in load_protein_records(tmp_path / "broken.jsonl")] == ["AC"]
     (tmp_path / "latin1.jsonl").write_bytes('{"Sequence": "AC", "Secondary_structure": "H\u00e9"}\n'.encode("latin-1"))
-    with pytest.raises(ValueError, match=r"latin1.jsonl: line 1, column \d+: not UTF-8"):
+    with pytest.raises(DataError, match=r"latin1.jsonl: line 1, column \d+: not UTF-8"):
         load_protein_records(tmp_path / "latin1.jsonl")
     (tmp_path / "latin1.csv").write_bytes("Sequence,Secondary_structure\nAC,H\u00e9\n".encode("latin-1"))
-    with pytest.raises(ValueError, match=r"latin1.csv: not UTF-8"):
+    with pytest.raises(DataError, match=r"latin1.csv: not UTF-8"):
         load_protein_records(tmp_path / "latin1.csv")
+    (tmp_path / "cut.parquet").write_bytes(bundled_protein_path().read_bytes()[:1000])  # a download cut short
+    with pytest.raises(DataError, match=r"cut.parquet: not a readable parquet file"):
+        load_protein_records(tmp_path / "cut.parquet")
     with pytest.raises(ValueError, match="on_bad_row"):
         load_protein_records(bundled_protein_path(), on_bad_row="ignore")
 
@@ -277,7 +281,7 @@ def test_hub_id_goes_to_datasets_and_fails_clearly(monkeypatch):
         raise ConnectionError("no network")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
-    with pytest.raises(ValueError, match=r"could not load hub dataset 'someone/proteins'.*ConnectionError"):
+    with pytest.raises(DataError, match=r"could not load hub dataset 'someone/proteins'.*ConnectionError"):
         load_protein_records("someone/proteins")
 
     def fake(dataset_id, config, split):

@@ -21,6 +21,7 @@ from ginformer.data.reasoning import (
     normalize_number,
 )
 from ginformer.data.rows import bundled_path
+from ginformer.errors import DataError, MissingInput
 
 
 def _raw_rows(path):
@@ -125,7 +126,7 @@ def test_gsm8k_bad_rows_are_reported_by_line_and_skipped(tmp_path):
 
 def test_bad_rows_raise_in_error_mode(tmp_path):
     path = _write_jsonl(tmp_path / "g.jsonl", [GOOD_GSM8K, json.dumps({"question": "Q?", "answer": "#### x"})])
-    with pytest.raises(ValueError, match=r"line 2: answer has no final"):
+    with pytest.raises(DataError, match=r"line 2: answer has no final"):
         load_gsm8k(path, on_bad_row="error")
     with pytest.raises(ValueError, match="on_bad_row"):
         load_gsm8k(path, on_bad_row="ignore")
@@ -144,7 +145,7 @@ def test_folio_bad_rows(tmp_path):
         {**good, "label": "unknown", "story_id": 2},
     ]
     path = _write_jsonl(tmp_path / "f.jsonl", [json.dumps(r) for r in rows])
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(DataError) as err:
         load_folio(path, on_bad_row="error")
     for line, why in [(2, "'Maybe' is not one of"), (3, "empty"), (4, "empty"), (5, "story_id"), (6, "conclusion")]:
         assert f"line {line}: " in str(err.value) and why in str(err.value)
@@ -156,15 +157,15 @@ def test_folio_bad_rows(tmp_path):
 
 def test_a_file_with_no_usable_row_is_an_error(tmp_path):
     path = _write_jsonl(tmp_path / "g.jsonl", [json.dumps({"question": "Q?"})])
-    with pytest.raises(ValueError, match="no usable rows"), warnings.catch_warnings():
+    with pytest.raises(DataError, match="no usable rows"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         load_gsm8k(path)
 
 
 def test_missing_files_and_hub_ids(tmp_path, monkeypatch):
-    with pytest.raises(FileNotFoundError, match="nope.jsonl"):
+    with pytest.raises(MissingInput, match="nope.jsonl"):
         load_gsm8k(tmp_path / "nope.jsonl")
-    with pytest.raises(FileNotFoundError, match="not a hub id"):
+    with pytest.raises(MissingInput, match="not a hub id"):
         load_folio(str(tmp_path / "some" / "dir"))
 
     import datasets
@@ -181,7 +182,7 @@ def test_missing_files_and_hub_ids(tmp_path, monkeypatch):
     (example,) = load_folio("yale-nlp/FOLIO", hub_config=None, hub_split="validation")
     assert calls == [("yale-nlp/FOLIO", None, "validation")]
     assert user(example).split("\n") == ["A is B.", "B is C.", "Conclusion: A is C.", "True, False, or Uncertain?"]
-    with pytest.raises(ValueError, match="'someone/offline'.*ConnectionError"):
+    with pytest.raises(DataError, match="'someone/offline'.*ConnectionError"):
         load_gsm8k("someone/offline")
 
 

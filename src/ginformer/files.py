@@ -25,7 +25,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
-from ginformer.errors import CheckpointError
+from ginformer.errors import CheckpointError, DataError, OutputInTheWay
 
 UTF8_BOM = "\ufeff"
 
@@ -51,19 +51,19 @@ def special_file_kind(path: Path) -> str | None:
 
 
 def refuse_special_file(path: str | Path, what: str) -> None:
-    """A ValueError when `path` exists and is a named pipe, device or socket: reading one may block forever."""
+    """A DataError when `path` exists and is a named pipe, device or socket: reading one may block forever."""
     kind = special_file_kind(Path(path))
     if kind is not None:
-        raise ValueError(f"{what} {path} is {kind}, not a regular file: give a file (or a folder where one is read)")
+        raise DataError(f"{what} {path} is {kind}, not a regular file: give a file (or a folder where one is read)")
 
 
 def decode_text(data: bytes, path: str | Path) -> str:
-    """UTF-8 bytes as text, a leading byte-order mark dropped; a ValueError naming the byte otherwise."""
+    """UTF-8 bytes as text, a leading byte-order mark dropped; a DataError naming the byte otherwise."""
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         line = data[: err.start].count(b"\n") + 1
-        raise ValueError(f"{path}: line {line}, byte {err.start}: not UTF-8 text ({err.reason})") from None
+        raise DataError(f"{path}: line {line}, byte {err.start}: not UTF-8 text ({err.reason})") from None
 
 
 def read_text_file(path: str | Path, what: str = "file") -> str:
@@ -95,12 +95,12 @@ def check_output_dir(path: str | Path, what: str) -> None:
     """A directory can be used or created at `path`: it is one, or it is missing and no ancestor is a file."""
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise FileExistsError(f"{what} {path} is a file, not a directory: move the file, or choose another {what}")
+        raise OutputInTheWay(f"{what} {path} is a file, not a directory: move the file, or choose another {what}")
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():
-                raise FileExistsError(f"{what} {path}: {parent} is a file, not a directory: move the file, or "
-                                      f"choose another {what}")
+                raise OutputInTheWay(f"{what} {path}: {parent} is a file, not a directory: move the file, or "
+                                     f"choose another {what}")
             return
 
 
@@ -109,13 +109,15 @@ def check_output_file(path: str | Path, what: str, inputs: Sequence[str | Path] 
     is none of `inputs` (an output never overwrites what it was made from)."""
     path = Path(path)
     if path.is_dir():
-        raise FileExistsError(f"{what} {path} is a directory: name a file")
-    refuse_special_file(path, what)
+        raise OutputInTheWay(f"{what} {path} is a directory: name a file")
+    kind = special_file_kind(path)
+    if kind is not None:  # writing into a named pipe would wait for a reader; a device is no place for a result
+        raise OutputInTheWay(f"{what} {path} is {kind}, not a regular file: name a file")
     check_output_dir(path.parent, f"the folder of {what}")
     for source in inputs:
         if Path(source).exists() and path.exists() and os.path.samefile(source, path):
-            raise FileExistsError(f"{what} {path} is also the input {source}: writing it would destroy the input; "
-                                  "name another file")
+            raise OutputInTheWay(f"{what} {path} is also the input {source}: writing it would destroy the input; "
+                                 "name another file")
 
 
 @contextlib.contextmanager

@@ -38,6 +38,7 @@ from transformers import PreTrainedTokenizerBase
 
 from ginformer.data.batches import IGNORE_INDEX
 from ginformer.data.rows import read_records, report_bad_rows
+from ginformer.errors import ConfigError, DataError
 
 Template = Literal["paper", "chat"]
 Format = Literal["text", "prompt_completion", "messages"]
@@ -128,7 +129,7 @@ def load_instruct(
     records, name = read_records(source, SUFFIXES, hub_config=hub_config, hub_split=hub_split)
     if not any(isinstance(row, dict) for _, row in records):
         report_bad_rows(name, records, "error")  # the reader's reasons: no row is an object at all
-        raise ValueError(f"{name}: no rows in it")
+        raise DataError(f"{name}: no rows in it")
     _check_columns(records, columns, name)
     rows = [(where, _rename(row, columns)) for where, row in records]
     chosen = _detect_format(rows, name, names) if format == "auto" else format
@@ -138,13 +139,13 @@ def load_instruct(
     for where, row in tqdm(rows, desc=name, leave=False, disable=None):
         try:
             if isinstance(row, str):  # the reader could not parse this row; row is the reason
-                raise ValueError(row)
+                raise DataError(row)
             examples.append(_PARSERS[chosen](row, where, names))
-        except ValueError as problem:
+        except DataError as problem:
             bad.append((where, str(problem)))
     report_bad_rows(name, bad, on_bad_row)
     if not examples:
-        raise ValueError(f"{name}: no usable {chosen} rows")
+        raise DataError(f"{name}: no usable {chosen} rows")
     conversational = chosen == "messages" or (
         chosen == "prompt_completion" and any(isinstance(row.get("prompt"), list) for _, row in rows
                                               if isinstance(row, dict)))
@@ -156,14 +157,14 @@ def _check_columns(records: list[tuple[str, dict | str]], columns: Mapping[str, 
     taken: dict[str, str] = {}
     for ours, theirs in columns.items():
         if theirs in taken:
-            raise ValueError(f"the column mapping gives '{theirs}' to both {taken[theirs]} and {ours}: map each of "
-                             "our names to its own column")
+            raise ConfigError(f"the column mapping gives '{theirs}' to both {taken[theirs]} and {ours}: map each of "
+                              "our names to its own column")
         taken[theirs] = ours
     found = {key for _, row in records if isinstance(row, dict) for key in row}
     for ours, theirs in columns.items():
         if theirs not in found:
-            raise ValueError(f"{name}: the column mapping {{{ours}: {theirs}}} names a column '{theirs}' that no row "
-                             f"has (columns: {', '.join(sorted(found))}); fix data.columns")
+            raise ConfigError(f"{name}: the column mapping {{{ours}: {theirs}}} names a column '{theirs}' that no row "
+                              f"has (columns: {', '.join(sorted(found))}); fix data.columns")
 
 
 def _rename(row: dict | str, columns: Mapping[str, str]) -> dict | str:
@@ -188,32 +189,32 @@ def _detect_format(rows: list[tuple[str, dict | str]], name: str, names: Mapping
                 seen.setdefault(found, where)
     if not seen:
         wanted = "; ".join(f"{f}: {', '.join(names[c] for c in cs)}" for f, cs in FORMATS.items())
-        raise ValueError(f"{name}: no row has the columns of a format ({wanted}); map yours with data.columns, "
-                         "e.g. {prompt: question, completion: answer}")
+        raise DataError(f"{name}: no row has the columns of a format ({wanted}); map yours with data.columns, "
+                        "e.g. {prompt: question, completion: answer}")
     if len(seen) > 1:
         disagree = ", ".join(f"{where} is {f}" for f, where in seen.items())
-        raise ValueError(f"{name}: rows disagree on the format ({disagree}); give each file one format")
+        raise DataError(f"{name}: rows disagree on the format ({disagree}); give each file one format")
     return next(iter(seen))
 
 
 def _text(value: object, field: str) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"'{field}' is empty or not a string")
+        raise DataError(f"'{field}' is empty or not a string")
     return value
 
 
 def _messages(value: object, field: str, trained: bool) -> tuple[Message, ...]:
     if not isinstance(value, list) or not value:
-        raise ValueError(f"'{field}' must be a non-empty list of {{role, content}} messages")
+        raise DataError(f"'{field}' must be a non-empty list of {{role, content}} messages")
     messages = []
     for i, message in enumerate(value):
         if not isinstance(message, Mapping) or "role" not in message or "content" not in message:
-            raise ValueError(f"{field}[{i}] is not a {{role, content}} message")
+            raise DataError(f"{field}[{i}] is not a {{role, content}} message")
         role = message["role"]
         if role not in ROLES:
-            raise ValueError(f"{field}[{i}]: role {role!r} is not one of {list(ROLES)}")
+            raise DataError(f"{field}[{i}]: role {role!r} is not one of {list(ROLES)}")
         if role == "system" and (i > 0 or field == "completion"):
-            raise ValueError(f"{field}[{i}]: a system message may only come first")
+            raise DataError(f"{field}[{i}]: a system message may only come first")
         messages.append(Message(role, _text(message["content"], f"{field}[{i}].content"),
                                 trained and role == "assistant"))
     return tuple(messages)
@@ -221,11 +222,11 @@ def _messages(value: object, field: str, trained: bool) -> tuple[Message, ...]:
 
 def _checked(messages: tuple[Message, ...], field: str) -> tuple[Message, ...]:
     if not any(m.role == "assistant" for m in messages):
-        raise ValueError(f"'{field}' has no assistant turn: nothing to learn")
+        raise DataError(f"'{field}' has no assistant turn: nothing to learn")
     if messages[-1].role != "assistant":
-        raise ValueError(f"'{field}' ends with a {messages[-1].role} message, not the assistant's")
+        raise DataError(f"'{field}' ends with a {messages[-1].role} message, not the assistant's")
     if next(m.role for m in messages if m.role != "system") == "assistant":
-        raise ValueError(f"'{field}' starts with an assistant turn: there is no prompt to answer")
+        raise DataError(f"'{field}' starts with an assistant turn: there is no prompt to answer")
     return messages
 
 
@@ -236,14 +237,14 @@ def _parse_text(row: dict, where: str, names: Mapping[str, str]) -> InstructExam
 def _parse_prompt_completion(row: dict, where: str, names: Mapping[str, str]) -> InstructExample:
     for field in ("prompt", "completion"):
         if row.get(field) is None:
-            raise ValueError(f"missing '{names[field]}'")
+            raise DataError(f"missing '{names[field]}'")
     prompt, completion = row["prompt"], row["completion"]
     if isinstance(prompt, str) and isinstance(completion, str):
         prompt, completion = _text(prompt, names["prompt"]), _text(completion, names["completion"])
         return conversation(prompt, completion, group=prompt, where=where)
     if not isinstance(prompt, list) or not isinstance(completion, list):
-        raise ValueError(f"'{names['prompt']}' and '{names['completion']}' must both be strings or both be lists "
-                         "of messages")
+        raise DataError(f"'{names['prompt']}' and '{names['completion']}' must both be strings or both be lists "
+                        "of messages")
     messages = _checked(_messages(prompt, names["prompt"], False) + _messages(completion, names["completion"], True),
                         names["completion"])
     return InstructExample(messages, group=json.dumps(prompt, sort_keys=True), where=where)
@@ -306,7 +307,7 @@ def segments(
     """
     if example.text is not None:
         if tokenizer.eos_token is None:
-            raise ValueError(f"{tokenizer.name_or_path!r} has no end token to close a text row with")
+            raise ConfigError(f"{tokenizer.name_or_path!r} has no end token to close a text row with")
         return [(example.text, True), (tokenizer.eos_token, True)]
     render = _RENDERERS[template]
     parts: list[tuple[str, bool]] = []
@@ -317,7 +318,7 @@ def segments(
         before = render(example.messages[:i], tokenizer, True)
         after = render(example.messages[: i + 1], tokenizer, False)
         if not after.startswith(before) or not before.startswith(rendered):
-            raise ValueError(
+            raise ConfigError(
                 f"the {template} template of {tokenizer.name_or_path!r} does not render each turn as a prefix of "
                 "the next, so the assistant's tokens cannot be told apart; use data.template=paper"
             )
@@ -348,7 +349,7 @@ def _paper(messages: Sequence[Message], tokenizer: PreTrainedTokenizerBase, gene
 
 def _chat(messages: Sequence[Message], tokenizer: PreTrainedTokenizerBase, generation_prompt: bool) -> str:
     if not getattr(tokenizer, "chat_template", None):
-        raise ValueError(f"{tokenizer.name_or_path!r} has no chat template; use data.template=paper")
+        raise ConfigError(f"{tokenizer.name_or_path!r} has no chat template; use data.template=paper")
     if not messages:
         return ""
     turns = [{"role": m.role, "content": m.content} for m in messages]

@@ -36,6 +36,7 @@ from typing import Literal
 from tqdm.auto import tqdm
 
 from ginformer.data.rows import bundled_path, read_records, report_bad_rows
+from ginformer.errors import DataError
 
 # The fixed class order: label-token order in the tokenizer, and the tie-break when counts are equal.
 SS_CLASSES: tuple[str, ...] = ("AH", "BS", "UNSTRUCTURED", "BEND", "PHIHELIX", "310HELIX", "BETABRIDGE", "T")
@@ -86,13 +87,13 @@ class ProteinRecord:
 
 def derive_labels(structure: str) -> tuple[str, str]:
     """(primary, secondary) class of a DSSP string: the two most frequent classes, ties broken by SS_CLASSES
-    order; the primary is repeated when only one class occurs. Raises ValueError on an empty string or a
+    order; the primary is repeated when only one class occurs. Raises DataError on an empty string or a
     character outside DSSP_TO_CLASS."""
     if not structure:
-        raise ValueError("empty secondary structure")
+        raise DataError("empty secondary structure")
     unknown = sorted(set(structure) - DSSP_TO_CLASS.keys())
     if unknown:
-        raise ValueError(f"unknown DSSP characters {unknown}; allowed: {sorted(DSSP_TO_CLASS)}")
+        raise DataError(f"unknown DSSP characters {unknown}; allowed: {sorted(DSSP_TO_CLASS)}")
     counts = Counter()
     for char, n in Counter(structure).items():
         counts[DSSP_TO_CLASS[char]] += n
@@ -120,7 +121,7 @@ def load_protein_records(
     (missing or empty sequence, a letter outside the amino-acid alphabet, a structure whose length differs from
     the sequence, an unknown DSSP character, a label outside SS_CLASSES) is reported by its line (JSONL, from 1)
     or row (from 0) in the source: ``on_bad_row="skip"`` drops it and issues one warning naming the count and the first
-    few, ``"error"`` raises a ValueError listing them. A missing column fails the whole source.
+    few, ``"error"`` raises a DataError listing them. A missing column fails the whole source.
     """
     if on_bad_row not in ("skip", "error"):
         raise ValueError(f"on_bad_row must be 'skip' or 'error', got {on_bad_row!r}")
@@ -131,7 +132,7 @@ def load_protein_records(
     has_labels = all(c in columns for c in _LABEL_COLUMNS)
     for column in (_REQUIRED_COLUMN,) if has_labels else (_REQUIRED_COLUMN, _STRUCTURE_COLUMN):
         if column not in columns:
-            raise ValueError(
+            raise DataError(
                 f"{name}: missing column {column!r} (found {sorted(columns)}); need 'Sequence' and "
                 "'Secondary_structure', or 'Sequence' with 'Primary_SS_Type' and 'Secondary_SS_Type'"
             )
@@ -149,7 +150,7 @@ def load_protein_records(
         try:
             labels = (values.get(c) for c in _LABEL_COLUMNS)
             record = _validate_row(row, sequence, values.get(_STRUCTURE_COLUMN), *labels, has_labels, alphabet)
-        except ValueError as problem:
+        except DataError as problem:
             bad.append((where, str(problem)))
             continue
         records.append(record)
@@ -167,24 +168,24 @@ def _validate_row(
     has_labels: bool,
     alphabet: set[str],
 ) -> ProteinRecord:
-    """One ProteinRecord, or a ValueError whose message is the reason the row is bad."""
+    """One ProteinRecord, or a DataError whose message is the reason the row is bad."""
     if not isinstance(sequence, str) or not sequence:
-        raise ValueError("empty or missing Sequence")
+        raise DataError("empty or missing Sequence")
     letters = sorted(set(sequence) - alphabet)
     if letters:
         hint = "" if set(letters) - set(AMBIGUOUS_AMINO_ACIDS) else " (pass allow_ambiguous=True to keep them)"
-        raise ValueError(f"letters {letters} are not amino acids in {''.join(sorted(alphabet))}{hint}")
+        raise DataError(f"letters {letters} are not amino acids in {''.join(sorted(alphabet))}{hint}")
     if structure is not None or not has_labels:
         if not isinstance(structure, str) or not structure:
-            raise ValueError("empty or missing Secondary_structure")
+            raise DataError("empty or missing Secondary_structure")
         if len(structure) != len(sequence):
-            raise ValueError(f"Secondary_structure has length {len(structure)}, Sequence has {len(sequence)}")
+            raise DataError(f"Secondary_structure has length {len(structure)}, Sequence has {len(sequence)}")
         derived = derive_labels(structure)  # raises on unknown DSSP characters
     if not has_labels:
         return ProteinRecord(sequence, *derived, structure, row)
     for column, value in zip(_LABEL_COLUMNS, (primary, secondary)):
         if value not in SS_CLASSES:
-            raise ValueError(f"{column} {value!r} is not one of {list(SS_CLASSES)}")
+            raise DataError(f"{column} {value!r} is not one of {list(SS_CLASSES)}")
     return ProteinRecord(sequence, primary, secondary, structure, row)
 
 

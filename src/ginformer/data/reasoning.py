@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from ginformer.data.instruct import InstructExample, OnBadRow, conversation
 from ginformer.data.rows import bundled_path, read_records, report_bad_rows
+from ginformer.errors import DataError
 
 BUNDLED = {"gsm8k": "gsm8k/train.jsonl", "folio": "folio/folio-train.jsonl"}  # under data/
 
@@ -45,7 +46,7 @@ def load_gsm8k(
     ``datasets.load_dataset(source, hub_config, split=hub_split)`` (``openai/gsm8k`` needs ``hub_config="main"``).
     A bad row (invalid JSON, missing key, empty text, no ``#### <number>``) is reported by line:
     ``on_bad_row="skip"`` drops it with one warning naming the count and the first few, ``"error"`` raises a
-    ValueError listing them. Rows are grouped by question text, so duplicated questions share a split.
+    DataError listing them. Rows are grouped by question text, so duplicated questions share a split.
     """
     return _load(source, "gsm8k", _gsm8k_example, on_bad_row, hub_config, hub_split)
 
@@ -85,13 +86,13 @@ def _load(source, bundled: str, make, on_bad_row: OnBadRow, hub_config, hub_spli
     for where, row in tqdm(rows, desc=name, leave=False, disable=None):
         try:
             if isinstance(row, str):  # the reader could not parse this line; row is the reason
-                raise ValueError(row)
+                raise DataError(row)
             examples.append(make(row, where))
-        except ValueError as problem:
+        except DataError as problem:
             bad.append((where, str(problem)))
     report_bad_rows(name, bad, on_bad_row, stacklevel=4)  # called by the public loaders
     if not examples:
-        raise ValueError(f"{name}: no usable rows")
+        raise DataError(f"{name}: no usable rows")
     return examples
 
 
@@ -99,39 +100,39 @@ def _gsm8k_example(row: dict, where: str) -> InstructExample:
     question, answer = _text_field(row, "question"), _text_field(row, "answer")
     final = gsm8k_extract_strict(answer)
     if final is None:
-        raise ValueError("answer has no final '#### <number>' line")
+        raise DataError("answer has no final '#### <number>' line")
     return conversation(question, answer, reference=final, group=question, where=where)
 
 
 def _folio_example(row: dict, where: str) -> InstructExample:
     if "story_id" not in row or row["story_id"] is None or str(row["story_id"]).strip() == "":
-        raise ValueError("missing key 'story_id'")
+        raise DataError("missing key 'story_id'")
     if "premises" not in row:
-        raise ValueError("missing key 'premises'")
+        raise DataError("missing key 'premises'")
     premises = row["premises"]
     if isinstance(premises, str):
         premises = premises.split("\n")
     if not isinstance(premises, list) or not all(isinstance(p, str) for p in premises):
-        raise ValueError(f"'premises' must be a list of strings or one string, got {type(row['premises']).__name__}")
+        raise DataError(f"'premises' must be a list of strings or one string, got {type(row['premises']).__name__}")
     premises = [p.strip() for p in premises if p.strip()]
     if not premises:
-        raise ValueError("'premises' is empty")
+        raise DataError("'premises' is empty")
     conclusion = _text_field(row, "conclusion")
     if "label" not in row:
-        raise ValueError("missing key 'label'")
+        raise DataError("missing key 'label'")
     label = _FOLIO_LABEL_SPELLINGS.get(str(row["label"]).strip().lower())
     if label is None:
-        raise ValueError(f"label {row['label']!r} is not one of ['True', 'False', 'Uncertain', 'Unknown']")
+        raise DataError(f"label {row['label']!r} is not one of ['True', 'False', 'Uncertain', 'Unknown']")
     user = folio_user_text(premises, conclusion)
     return conversation(user, label, reference=label, group=f"story {row['story_id']}", where=where)
 
 
 def _text_field(row: dict, key: str) -> str:
     if key not in row:
-        raise ValueError(f"missing key {key!r}")
+        raise DataError(f"missing key {key!r}")
     value = row[key]
     if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{key!r} is empty or not a string")
+        raise DataError(f"{key!r} is empty or not a string")
     return value.strip()
 
 

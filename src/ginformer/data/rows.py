@@ -11,6 +11,7 @@ from collections.abc import Iterator, Sequence
 from importlib import resources
 from pathlib import Path
 
+from ginformer.errors import DataError, MissingInput
 from ginformer.files import decode_text, refuse_special_file
 
 # "owner/name" or "name" as the hub spells ids; a string of another shape that names no file is a missing file.
@@ -24,14 +25,14 @@ def bundled_path(relative: str) -> Path:
     """A data file that ships with the package: data/ in a checkout, the ginformer.bundled package when installed."""
     path = Path(str(resources.files("ginformer.bundled") / relative))
     if not path.is_file():
-        raise FileNotFoundError(f"bundled data file {relative} not found at {path}: reinstall ginformer")
+        raise MissingInput(f"bundled data file {relative} not found at {path}: reinstall ginformer")
     return path
 
 
 def read_jsonl(path: Path) -> Iterator[tuple[int, dict | str]]:
     """(line number, object) for every non-blank line of a JSONL file, numbered from 1. A line that is not a JSON
     object comes as (line number, the reason), so that each loader reports it with its other bad rows; bytes that
-    are not UTF-8 stop the read with a ValueError naming the file, line and column. A byte-order mark before the
+    are not UTF-8 stop the read with a DataError naming the file, line and column. A byte-order mark before the
     first line and CRLF line ends are read as the encoding and line ends they are."""
     refuse_special_file(path, "data file")
     with path.open("rb") as f:
@@ -40,7 +41,7 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict | str]]:
                 line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
             except UnicodeDecodeError as err:
                 where = f"line {number}, column {err.start + 1}"
-                raise ValueError(f"{path}: {where}: not UTF-8 text ({err.reason})") from None
+                raise DataError(f"{path}: {where}: not UTF-8 text ({err.reason})") from None
             if not line.strip():
                 continue
             yield number, _parse_json_object(line)
@@ -88,10 +89,10 @@ def read_records(
     refuse_special_file(path, "data source")
     if path.exists():
         if path.is_dir() or path.suffix not in suffixes:
-            raise ValueError(f"{path}: unsupported source; expected a file ending in {', '.join(suffixes)}")
+            raise DataError(f"{path}: unsupported source; expected a file ending in {', '.join(suffixes)}")
         return _READERS[path.suffix](path), str(path)
     if isinstance(source, Path) or path.suffix in suffixes or not HUB_ID.match(str(source)):
-        raise FileNotFoundError(f"source file not found: {path} (and it is not a hub id of the form owner/name)")
+        raise MissingInput(f"source file not found: {path} (and it is not a hub id of the form owner/name)")
     dataset = load_hub_dataset(str(source), hub_config, hub_split, local_formats="/".join(suffixes))
     return [(f"row {i}", dict(row)) for i, row in enumerate(dataset)], f"hub dataset {source!r} ({hub_split})"
 
@@ -102,19 +103,24 @@ def _read_json(path: Path) -> list[tuple[str, dict | str]]:
     try:
         rows = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})") from None
+        raise DataError(f"{path}: not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})") from None
     except RecursionError:
-        raise ValueError(f"{path}: nested too deeply to read") from None
+        raise DataError(f"{path}: nested too deeply to read") from None
     if not isinstance(rows, list):
-        raise ValueError(f"{path}: a JSON {type(rows).__name__}; expected a list of objects (or use .jsonl)")
+        raise DataError(f"{path}: a JSON {type(rows).__name__}; expected a list of objects (or use .jsonl)")
     return [(f"row {i}", (_surrogate_problem(row, text) or row) if isinstance(row, dict)
              else f"a JSON {type(row).__name__}, expected an object") for i, row in enumerate(rows)]
 
 
 def _read_parquet(path: Path) -> list[tuple[str, dict | str]]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    return [(f"row {i}", row) for i, row in enumerate(pq.read_table(path).to_pylist())]
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as err:  # not parquet, truncated, or columns of a broken schema
+        raise DataError(f"{path}: not a readable parquet file ({err})") from None
+    return [(f"row {i}", row) for i, row in enumerate(table.to_pylist())]
 
 
 def _read_csv(path: Path) -> list[tuple[str, dict | str]]:
@@ -122,7 +128,9 @@ def _read_csv(path: Path) -> list[tuple[str, dict | str]]:
         with path.open(newline="", encoding="utf-8-sig") as f:
             return [(f"row {i}", row) for i, row in enumerate(csv.DictReader(f))]
     except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
+        raise DataError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
+    except csv.Error as err:  # a NUL byte, a field over the csv module's size limit
+        raise DataError(f"{path}: not a readable CSV file ({err})") from None
 
 
 _READERS = {
@@ -144,18 +152,18 @@ def report_bad_rows(name: str, bad: Sequence[tuple[str, str]], on_bad_row: str, 
     counting = " (rows count from 0)" if bad[0][0].startswith("row ") else ""
     summary = f"{name}: {len(bad)} bad row(s){counting}: {listed}{more}"
     if on_bad_row == "error":
-        raise ValueError(summary)
+        raise DataError(summary)
     warnings.warn(f"skipped {summary}", stacklevel=stacklevel)
 
 
 def load_hub_dataset(dataset_id: str, config: str | None, split: str, local_formats: str):
-    """datasets.load_dataset(dataset_id, config, split=split), or a ValueError naming the id and the cause."""
+    """datasets.load_dataset(dataset_id, config, split=split), or a DataError naming the id and the cause."""
     import datasets
 
     try:
         return datasets.load_dataset(dataset_id, config, split=split)
     except Exception as err:  # the hub raises many kinds: connection, offline mode, missing repo or config
-        raise ValueError(
+        raise DataError(
             f"could not load hub dataset {dataset_id!r} ({type(err).__name__}: {err}); it is not a local path "
             f"either. Check the id and the network, or pass a local {local_formats} file"
         ) from err
