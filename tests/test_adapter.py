@@ -25,6 +25,7 @@ from ginformer.adapter import (
     get_sparse_gin_model,
     mark_only_adapter_as_trainable,
 )
+from ginformer.errors import CheckpointError, MissingInput, ModelRefused
 from ginformer.gnn import gin_aggregate
 
 TINY = dict(
@@ -135,12 +136,12 @@ def test_save_load_round_trip_saves_adapter_weights_only(tmp_path):
 )
 def test_loading_onto_a_different_base_fails_clearly(tmp_path, change, field):
     adapted(tiny()).save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match=f"different base model.*{field}"):
+    with pytest.raises(CheckpointError, match=f"different base model.*{field}"):
         SparseGINModel.from_pretrained(tiny(**change), tmp_path)
-    with pytest.raises(FileNotFoundError, match="adapter directory not found"):
+    with pytest.raises(MissingInput, match="adapter directory not found"):
         SparseGINModel.from_pretrained(tiny(), tmp_path / "missing")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="neither adapter_config.json .* nor model.safetensors"):
+    with pytest.raises(MissingInput, match="neither adapter_config.json .* nor model.safetensors"):
         SparseGINModel.from_pretrained(tiny(), tmp_path / "empty")
 
 
@@ -378,7 +379,7 @@ def test_wrapping_twice_and_unsupported_attention_fail_clearly():
     model = adapted(tiny())
     with pytest.raises(ValueError, match="already carries a Sparse-GIN adapter"):
         get_sparse_gin_model(model.get_base_model())
-    with pytest.raises(ValueError, match="attn_implementation='flex_attention'"):
+    with pytest.raises(ModelRefused, match="attn_implementation='flex_attention'"):
         get_sparse_gin_model(tiny(attn_implementation="flex_attention"))
 
 

@@ -6,10 +6,11 @@ import shutil
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from ginformer.adapter import AutoSparseGINModelForCausalLM, SparseGINConfig, SparseGINModel, get_sparse_gin_model
+from ginformer.errors import CheckpointError, MissingInput
 
 TINY = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2)
@@ -54,7 +55,7 @@ def test_a_hub_id_loads_from_the_local_hub_cache(tmp_path):
     loaded = SparseGINModel.from_pretrained(tiny_base(), "someone/tiny-sparse-gin", cache_dir=tmp_path / "cache",
                                             local_files_only=True).eval()
     torch.testing.assert_close(logits(loaded, ids), logits(model, ids), rtol=0, atol=0)
-    with pytest.raises(FileNotFoundError, match="someone/absent.*hub repository could not be read"):
+    with pytest.raises(MissingInput, match="someone/absent.*hub repository could not be read"):
         SparseGINModel.from_pretrained(tiny_base(), "someone/absent", cache_dir=tmp_path / "cache",
                                        local_files_only=True)
 
@@ -70,7 +71,7 @@ def test_auto_class_loads_the_base_the_adapter_names(tmp_path):
     torch.testing.assert_close(logits(loaded.eval(), ids), logits(model, ids), rtol=0, atol=0)
 
     shutil.move(base_dir, tmp_path / "moved")  # the named base is gone: say so, or take another copy of it
-    with pytest.raises(FileNotFoundError, match="model path not found"):
+    with pytest.raises(MissingInput, match="model path not found"):
         AutoSparseGINModelForCausalLM.from_pretrained(tmp_path / "adapter")
     bf16 = AutoSparseGINModelForCausalLM.from_pretrained(tmp_path / "adapter", dtype=torch.bfloat16,
                                                          base_model_name_or_path=tmp_path / "moved", is_trainable=True)
@@ -79,20 +80,40 @@ def test_auto_class_loads_the_base_the_adapter_names(tmp_path):
     assert all(p.requires_grad for p in bf16.adapters.parameters())
 
     trained(tiny_base()).save_pretrained(tmp_path / "unnamed")  # a base built in memory has no name to load by
-    with pytest.raises(ValueError, match="does not say which base it was trained on"):
+    with pytest.raises(CheckpointError, match="does not say which base it was trained on"):
         AutoSparseGINModelForCausalLM.from_pretrained(tmp_path / "unnamed")
 
 
 def test_files_that_are_not_an_adapter_are_named(tmp_path):
     (tmp_path / "adapter_config.json").write_text(json.dumps({"adapter_type": "lora"}))
-    with pytest.raises(ValueError, match="adapter_config.json: adapter_type='lora'"):
+    with pytest.raises(CheckpointError, match="adapter_config.json: adapter_type='lora'"):
         SparseGINModel.from_pretrained(tiny_base(), tmp_path)
     (tmp_path / "adapter_config.json").unlink()
     save_file({"w": torch.zeros(2)}, str(tmp_path / "model.safetensors"))
-    with pytest.raises(ValueError, match="model.safetensors has no _extra_state"):
+    with pytest.raises(CheckpointError, match="model.safetensors has no _extra_state"):
         SparseGINModel.from_pretrained(tiny_base(), tmp_path)
     (tmp_path / "model.safetensors").write_bytes(b"truncated")
-    with pytest.raises(ValueError, match="truncated or corrupt"):
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        SparseGINModel.from_pretrained(tiny_base(), tmp_path)
+
+
+def test_an_adapter_whose_config_or_weights_were_changed_is_a_checkpoint_error(tmp_path):
+    trained(tiny_base()).save_pretrained(tmp_path)
+    config_file, weights_file = tmp_path / "adapter_config.json", tmp_path / "adapter_model.safetensors"
+    saved = json.loads(config_file.read_text())
+    for config, why in (({**saved["config"], "lambda_gnn": 1.0}, r"unknown fields \['lambda_gnn'\]"),
+                        ({**saved["config"], "dropout": 2.0}, r"dropout=2.0"), ([1, 2], "list, not a mapping")):
+        config_file.write_text(json.dumps({**saved, "config": config}))
+        with pytest.raises(CheckpointError, match=rf"adapter in {tmp_path}: its config .*{why}"):
+            SparseGINModel.from_pretrained(tiny_base(), tmp_path)
+    config_file.write_bytes(b"\xff{")
+    with pytest.raises(CheckpointError, match="adapter_config.json is not valid JSON"):
+        SparseGINModel.from_pretrained(tiny_base(), tmp_path)
+    config_file.write_text(json.dumps(saved))
+    tensors = load_file(str(weights_file))
+    dropped = sorted(tensors)[0]
+    save_file({key: value for key, value in tensors.items() if key != dropped}, str(weights_file))
+    with pytest.raises(CheckpointError, match=r"the adapter's weights do not fit this adapter: Missing key"):
         SparseGINModel.from_pretrained(tiny_base(), tmp_path)
 
 

@@ -5,6 +5,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from ginformer.adapter.lora import get_lora_model, lora_config_for_budget, lora_target_modules, lora_trainable_count
+from ginformer.errors import ConfigError
 
 SIZES = dict(
     vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
@@ -57,7 +58,7 @@ def test_targets_follow_peft():
 
 def test_gpt2_conv1d_counts_for_all_linear_and_has_no_attention_projections():
     model = tiny_model("gpt2")
-    with pytest.raises(ValueError, match="q_proj.*all_linear"):
+    with pytest.raises(ConfigError, match="q_proj.*all_linear"):
         lora_config_for_budget(model, 10_000, "attention")
     config, count = lora_config_for_budget(model, 50_000, "all_linear")
     assert get_lora_model(model, config).get_nb_trainable_parameters()[0] == count
@@ -66,10 +67,10 @@ def test_gpt2_conv1d_counts_for_all_linear_and_has_no_attention_projections():
 def test_impossible_budgets_raise_naming_the_closest_counts():
     model = tiny_model("llama")
     per_rank = lora_trainable_count(lora_target_modules(model, "attention"), 1)
-    with pytest.raises(ValueError, match=rf"closest achievable: r=1: {per_rank:,}"):
+    with pytest.raises(ConfigError, match=rf"closest achievable: r=1: {per_rank:,}"):
         lora_config_for_budget(model, 100, "attention")
     between = int(10.5 * per_rank)  # halfway between ranks 10 and 11: 4.8% off either way
-    with pytest.raises(ValueError, match=r"within 1%.*r=10.*r=11"):
+    with pytest.raises(ConfigError, match=r"within 1%.*r=10.*r=11"):
         lora_config_for_budget(model, between, "attention", tolerance=0.01)
     _, count = lora_config_for_budget(model, between, "attention", tolerance=0.05)
     assert count in (10 * per_rank, 11 * per_rank)

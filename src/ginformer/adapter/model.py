@@ -40,6 +40,7 @@ from transformers.cache_utils import (
     StaticSlidingWindowLayer,
 )
 
+from ginformer.errors import CheckpointError, ModelRefused
 from ginformer.graph import causal_mask
 
 from .adjacency import AttentionInputs
@@ -209,13 +210,24 @@ def is_adapter_key(key: str, value: Any = None) -> bool:
     return key.startswith(ADAPTER_PREFIX)
 
 
+def saved_config(payload: dict[str, Any], where: str) -> SparseGINConfig:
+    """The SparseGINConfig a saved adapter describes; a CheckpointError naming `where` when it describes none."""
+    values = payload["config"]
+    if not isinstance(values, dict):
+        raise CheckpointError(f"{where}: its config is {type(values).__name__}, not a mapping of SparseGINConfig fields")
+    try:
+        return SparseGINConfig.from_dict(values)
+    except ValueError as err:  # SparseGINConfig's own checks: an unknown field, a value out of range
+        raise CheckpointError(f"{where}: its config is not one this version of ginformer reads ({err})") from None
+
+
 def check_base(payload: dict[str, Any], model: PreTrainedModel, where: str) -> None:
     """Refuse an adapter saved for a base of another shape; only warn when the base merely has another name."""
     saved, current = payload["base_model"], base_fingerprint(model)
     mismatched = [key for key in saved if key != "name_or_path" and saved[key] != current.get(key)]
     if mismatched:
         details = ", ".join(f"{key}: adapter {saved[key]!r} vs base {current.get(key)!r}" for key in mismatched)
-        raise ValueError(f"{where} was trained on a different base model ({details})")
+        raise CheckpointError(f"{where} was trained on a different base model ({details})")
     if saved["name_or_path"] != current["name_or_path"]:
         logger.warning("adapter saved for base %r, loaded into %r", saved["name_or_path"], current["name_or_path"])
 
@@ -256,7 +268,8 @@ class SparseGINModel(nn.Module):
             raise ValueError("this model already carries a Sparse-GIN adapter: unload() it first")
         attn = model.config._attn_implementation
         if attn not in WRAPPED:
-            raise ValueError(f"attn_implementation={attn!r}: Sparse-GIN wraps sdpa or eager; load the base with either")
+            raise ModelRefused(f"attn_implementation={attn!r}: Sparse-GIN wraps sdpa or eager; load the base with "
+                               "either")
         if not model._can_set_attn_implementation():
             raise HostMismatch(f"{family(model)}: {type(model).__name__} does not route attention through "
                                "transformers' attention interface, so Sparse-GIN cannot see its graph")
@@ -399,11 +412,11 @@ class SparseGINModel(nn.Module):
         where = "the loaded state dict"
         payload = decode_payload(state, where)
         check_base(payload, self.pretrained_model, where)
-        saved = SparseGINConfig.from_dict(payload["config"]).to_dict()
+        saved = saved_config(payload, where).to_dict()
         changed = [f"{key}: saved {saved[key]!r} vs this model {value!r}"
                    for key, value in self.sparse_gin_config.to_dict().items() if saved[key] != value]
         if changed:
-            raise ValueError(f"{where} belongs to a Sparse-GIN adapter of another config ({', '.join(changed)})")
+            raise CheckpointError(f"{where} belongs to a Sparse-GIN adapter of another config ({', '.join(changed)})")
 
     def save_pretrained(
         self, directory: str | Path, state_dict: dict[str, Tensor] | None = None, data: str | None = None,
@@ -433,12 +446,12 @@ class SparseGINModel(nn.Module):
         directory = resolve_adapter_dir(path_or_hub_id, revision, cache_dir, local_files_only)
         payload, tensors = read_adapter(directory)
         check_base(payload, model, f"adapter in {directory}")
-        wrapped = cls(model, SparseGINConfig.from_dict(payload["config"]), probe_host)
+        wrapped = cls(model, saved_config(payload, f"adapter in {directory}"), probe_host)
         saved_layers = payload.get("adapted_layers")
         if saved_layers is not None and saved_layers != wrapped.adapted_layers:
             wrapped.unload()
-            raise ValueError(f"adapter in {directory} adapts layers {saved_layers}, but this base offers "
-                             f"{wrapped.adapted_layers}")
+            raise CheckpointError(f"adapter in {directory} adapts layers {saved_layers}, but this base offers "
+                                  f"{wrapped.adapted_layers}")
         wrapped.load_adapter_state_dict(tensors)
         wrapped.adapters.requires_grad_(is_trainable)
         return wrapped
@@ -447,12 +460,16 @@ class SparseGINModel(nn.Module):
         """Load adapter weights (keys as `adapter_state_dict` writes them); every adapter key must be there."""
         foreign = sorted(key for key in state_dict if not is_adapter_key(key))
         if foreign:
-            raise ValueError(f"not Sparse-GIN adapter keys: {foreign[:5]}")
+            raise CheckpointError(f"not Sparse-GIN adapter keys: {foreign[:5]}")
         # Adapters saved before the scalars (λ, ε, α, τ) became 1-element tensors hold them with 0 dimensions.
-        self.adapters.load_state_dict({
-            key[len(ADAPTER_PREFIX) :]: value.reshape(1) if value.dim() == 0 else value
-            for key, value in state_dict.items()
-        })
+        try:
+            self.adapters.load_state_dict({
+                key[len(ADAPTER_PREFIX) :]: value.reshape(1) if value.dim() == 0 else value
+                for key, value in state_dict.items()
+            })
+        except RuntimeError as err:  # torch's "Error(s) in loading state_dict": keys missing, or tensors of other shapes
+            reasons = " ".join(line.strip() for line in str(err).splitlines()[1:3]) or str(err)
+            raise CheckpointError(f"the adapter's weights do not fit this adapter: {reasons}") from None
 
     def unload(self) -> PreTrainedModel:
         """Remove every trace of the adapter and return the base model, as it was before wrapping."""
