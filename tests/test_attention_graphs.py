@@ -21,6 +21,7 @@ from ginformer.adapter import SparseGINConfig, SparseGINModel, get_sparse_gin_mo
 from ginformer.adapter.model import decoder_layers
 from ginformer.attention import GraphAttention
 from ginformer.data.tokenizer import build_protein_tokenizer
+from ginformer.errors import ConfigError, DataError, ModelRefused
 from ginformer.viz import draw
 from ginformer.viz.attention_graphs import STAGES, SparseSettings, adjacency_graph, attention_graphs
 
@@ -240,7 +241,7 @@ def test_an_attention_kernel_the_capture_cannot_rebuild_is_refused(tokenizer):
     AttentionMaskInterface.register("tests_louder_sdpa", sdpa_mask)
     model = llama()
     model.set_attn_implementation("tests_louder_sdpa")
-    with pytest.raises(ValueError, match="layer 0: the attention probabilities recomputed .* do not reproduce"):
+    with pytest.raises(ModelRefused, match="layer 0: the attention probabilities recomputed .* do not reproduce"):
         attention_graphs(model, tokenizer, TEXT)
     assert model.config._attn_implementation == "tests_louder_sdpa"
     assert not any(hasattr(layer.self_attn, "_ginformer_probe") for layer in decoder_layers(model))
@@ -248,15 +249,15 @@ def test_an_attention_kernel_the_capture_cannot_rebuild_is_refused(tokenizer):
 
 def test_bad_requests_fail_clearly(tokenizer):
     model = llama(max_position_embeddings=16)
-    with pytest.raises(ValueError, match=r"18 tokens.*context of 16"):
+    with pytest.raises(DataError, match=r"18 tokens.*context of 16"):
         attention_graphs(model, tokenizer, TEXT)
-    with pytest.raises(ValueError, match="layer 2 out of range: the model has 2 layers"):
+    with pytest.raises(ConfigError, match="layer 2 out of range: the model has 2 layers"):
         attention_graphs(model, tokenizer, "MKT", layers=[2])
-    with pytest.raises(ValueError, match=r"window \(5, 3\)"):
+    with pytest.raises(ConfigError, match=r"window \(5, 3\)"):
         attention_graphs(model, tokenizer, "MKTAYI", window=(5, 3))
-    with pytest.raises(ValueError, match="text is empty"):
+    with pytest.raises(DataError, match="text is empty"):
         attention_graphs(model, tokenizer, "")
-    with pytest.raises(ValueError, match="overview must be at least 1 cell"):
+    with pytest.raises(ConfigError, match="overview must be at least 1 cell"):
         attention_graphs(model, tokenizer, "MKT", overview=0)
     graphs = attention_graphs(model, tokenizer, "MKT", layers=[-1])
     assert graphs.layers == [1]
@@ -338,7 +339,7 @@ def test_graph_command_arguments(capsys):
     assert draw.slug("smollm2", "The cat sat on the mat!") == "smollm2-the-cat-sat-on-the-mat"
     assert draw.slug("runs/demo/model", "Hi", adapter="a") == "demo-adapted-hi"
     assert len(draw.slug("m", "word " * 40)) <= 48
-    with pytest.raises(ValueError, match="--top-k must be >= 1"):
+    with pytest.raises(ConfigError, match="--top-k must be >= 1"):
         draw.draw_attention_graphs(draw.GraphRequest(text="x", top_k=0))
 
 

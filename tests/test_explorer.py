@@ -13,6 +13,7 @@ from test_attention_graphs import TINY, adapted, ginformer, llama
 
 from ginformer.cli import main
 from ginformer.data.tokenizer import build_protein_tokenizer
+from ginformer.errors import ConfigError
 from ginformer.viz.attention_graphs import attention_graphs
 from ginformer.viz.explorer import Capture, decode_matrices, encode_matrices, explore, explorer_page
 
@@ -45,7 +46,7 @@ def test_uint8_keeps_every_weight_within_its_matrix_maximum_over_255():
     raw16, description16 = encode_matrices(matrices, "float16")
     assert len(raw16) == 2 * matrices.numel()
     torch.testing.assert_close(decode_matrices(raw16, description16), matrices.half().float())
-    with pytest.raises(ValueError, match="negative entries: use float16"):
+    with pytest.raises(ConfigError, match="negative entries: use float16"):
         encode_matrices(-matrices, "uint8")
 
 
@@ -108,7 +109,7 @@ def test_captures_side_by_side_must_share_their_tokens(tokenizer):
         explorer_page([Capture("a", one), Capture("b", attention_graphs(llama(), tokenizer, TEXT[:-1]))])
     with pytest.raises(ValueError, match="keep different windows"):
         explorer_page([Capture("a", one), Capture("b", attention_graphs(llama(), tokenizer, TEXT, window=(2, 9)))])
-    with pytest.raises(ValueError, match=r"head 4 out of range: a has 4 heads per layer \(0–3\)"):
+    with pytest.raises(ConfigError, match=r"head 4 out of range: a has 4 heads per layer \(0–3\)"):
         explorer_page([Capture("a", one)], heads=[4])
     with pytest.raises(ValueError, match="precision must be one of"):
         explorer_page([Capture("a", one)], precision="int4")
@@ -178,6 +179,10 @@ def test_a_lora_run_is_not_taken_for_a_sparse_gin_one(tmp_path, capsys):
     assert "holds a peft adapter, not a Sparse-GIN one: its attention graphs are its base's (--model smollm2)" in (
         capsys.readouterr().err
     )
+    (adapter / "adapter_config.json").write_text('{"peft_type": "LO')  # a copy cut short
+    assert main(["graph", "--model", str(adapter.parent), "--text", TEXT, "--html"]) == 2
+    err = capsys.readouterr().err
+    assert "adapter_config.json is not valid JSON" in err and "Traceback" not in err
 
 
 def test_page_options_need_html(run_dirs, tmp_path, capsys):

@@ -3,6 +3,7 @@ file, every kind of run, from Python and from `ginformer evaluate --lm-eval`."""
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 from ginformer.adapter import SparseGINConfig, get_sparse_gin_model
 from ginformer.adapter.lora import get_lora_model, lora_config_for_budget
 from ginformer.cli import main
+from ginformer.errors import MissingExtra
 from ginformer.modeling import GinformerConfig, GinformerForCausalLM
 from ginformer.runs.train import train
 from ginformer.tasks.instruct import GSM8KTask, InstructSettings
@@ -137,3 +139,13 @@ def test_cli_evaluates_runs_on_gsm8k_rows_and_names_bad_tasks(tmp_path, base_dir
     for shots in ("2", "0"):  # zero shots is a value too, not an absent flag
         assert main(["evaluate", "--run", str(run_dir), "--num-fewshot", shots]) == 2
         assert "--num-fewshot applies to --lm-eval" in capsys.readouterr().err
+
+
+def test_without_lm_eval_installed_the_extra_to_install_is_named(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "lm_eval", None)  # `import lm_eval` fails as it does where it is not installed
+    with pytest.raises(MissingExtra, match=r"lm-evaluation-harness, which is not installed: .*ginformer\[integrations\]"):
+        gsm8k_task()
+    # Before the run is even looked for: the one thing to fix is the install.
+    assert main(["evaluate", "--run", str(tmp_path / "no-run"), "--lm-eval", "gsm8k_bundled"]) == 2
+    err = capsys.readouterr().err
+    assert "pip install 'ginformer[integrations]'" in err and "Traceback" not in err

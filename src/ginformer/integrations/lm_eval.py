@@ -33,13 +33,28 @@ import torch
 import yaml
 from transformers import PreTrainedTokenizerBase
 
+from ginformer.errors import ConfigError, DataError, MissingExtra, MissingInput
+
 BUNDLED_GSM8K = "gsm8k_bundled"
+INSTALL = "pip install 'ginformer[integrations]'"
 
 logger = logging.getLogger(__name__)
 
 
+def require_lm_eval() -> None:
+    """A MissingExtra naming the extra to install when lm-evaluation-harness is not installed."""
+    try:
+        import lm_eval  # noqa: F401
+    except ModuleNotFoundError as err:
+        if err.name != "lm_eval":  # lm-eval is there, one of its own dependencies is not: its traceback says which
+            raise
+        raise MissingExtra(f"lm-eval tasks need lm-evaluation-harness, which is not installed: {INSTALL}",
+                           name="lm_eval") from None
+
+
 def gsm8k_task(source: str | Path | None = None) -> dict[str, Any]:
     """lm-eval's GSM8K task config on local rows (module docstring); `source` None is the bundled file."""
+    require_lm_eval()
     import lm_eval.tasks
 
     # lm-eval has no public call that returns a task's config without building the task (which downloads its
@@ -78,9 +93,9 @@ def _gsm8k_splits(source: str | Path | None, **_lm_eval_metadata: Any):
 def resolve_tasks(tasks: Sequence[str], gsm8k_source: str | Path | None = None) -> list[str | dict[str, Any]]:
     """lm-eval task specs: names and YAML paths as given, `gsm8k_bundled` as its config."""
     if not tasks:
-        raise ValueError("name at least one lm-eval task (e.g. gsm8k_bundled, or a task YAML)")
+        raise ConfigError("name at least one lm-eval task (e.g. gsm8k_bundled, or a task YAML)")
     if gsm8k_source is not None and BUNDLED_GSM8K not in tasks:
-        raise ValueError(f"local GSM8K data ({gsm8k_source}) is read by the task {BUNDLED_GSM8K} only")
+        raise ConfigError(f"local GSM8K data ({gsm8k_source}) is read by the task {BUNDLED_GSM8K} only")
     return [gsm8k_task(gsm8k_source) if task == BUNDLED_GSM8K else task for task in tasks]
 
 
@@ -97,17 +112,18 @@ def evaluate_model(
 ) -> dict[str, Any]:
     """lm-eval's `simple_evaluate` on a causal LM in memory; returns its results dict (per task: metric,filter ->
     value, their standard errors, the shots and the number of documents scored)."""
+    require_lm_eval()
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
     for path in task_paths:
         if not Path(path).exists():
-            raise FileNotFoundError(f"lm-eval task path not found: {path} (a task YAML file or a directory of them)")
+            raise MissingInput(f"lm-eval task path not found: {path} (a task YAML file or a directory of them)")
     if limit is not None and limit < 1:
-        raise ValueError(f"limit must be >= 1, got {limit}")
+        raise ConfigError(f"limit must be >= 1, got {limit}")
     if num_fewshot is not None and num_fewshot < 0:
-        raise ValueError(f"num_fewshot must be >= 0, got {num_fewshot}")
+        raise ConfigError(f"num_fewshot must be >= 0, got {num_fewshot}")
     specs = resolve_tasks(tasks, gsm8k_source)
     paths = tuple(str(p) for p in task_paths)
     named = {t for t in specs if isinstance(t, str) and not Path(t).is_file()}
@@ -116,8 +132,8 @@ def evaluate_model(
         manager = _task_manager_with_lm_evals_tasks(paths)
     unknown = sorted(named - set(manager.all_tasks))
     if unknown:
-        raise ValueError(f"unknown lm-eval task(s) {unknown}: use lm-eval's names, {BUNDLED_GSM8K}, or a task YAML "
-                         "(with --lm-eval-tasks naming its directory)")
+        raise ConfigError(f"unknown lm-eval task(s) {unknown}: use lm-eval's names, {BUNDLED_GSM8K}, or a task YAML "
+                          "(with --lm-eval-tasks naming its directory)")
     for path in code_running_task_files(paths):
         logger.info("%s names Python code (!function): lm-eval runs it when that task is evaluated", path)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, backend="causal", batch_size=batch_size)
@@ -125,7 +141,7 @@ def evaluate_model(
         results = simple_evaluate(model=lm, tasks=specs, task_manager=manager, num_fewshot=num_fewshot, limit=limit,
                                   log_samples=False)
     except ConnectionError as err:  # the model is in memory: what lm-eval could not reach is a task's data
-        raise ValueError(
+        raise DataError(
             f"lm-eval task(s) {', '.join(map(str, tasks))}: {err}: their data is on the Hugging Face Hub, which this "
             "machine cannot reach. Run where it can, or describe the task on a local file (a task YAML with "
             f"dataset_path: json, given with --lm-eval-tasks; or {BUNDLED_GSM8K})"
@@ -151,6 +167,7 @@ def evaluate_run_lm_eval(run_dir: str | Path, tasks: Sequence[str], write: bool 
     from ginformer.files import atomic_write_text, check_output_file
     from ginformer.runs.evaluate import load_run
 
+    require_lm_eval()  # before the run's model is loaded
     if write:
         check_output_file(output_path(run_dir, tasks), "the lm-eval results file")
     _, model, tokenizer = load_run(run_dir)

@@ -51,6 +51,7 @@ from ginformer.adapter.adjacency import attention_probabilities
 from ginformer.adapter.host import decoder_layers, eager_attention_of
 from ginformer.adapter.model import LayerGraph
 from ginformer.attention import GINAttention, GraphAttention, PNAAttention
+from ginformer.errors import ConfigError, DataError, ModelRefused
 from ginformer.graph import causal_mask
 from ginformer.viz.rollout import rollout_step
 
@@ -349,19 +350,19 @@ def attention_graphs(
     decoder = decoder_layers(base)
     selected = select_layers(layers, len(decoder))
     if not text:
-        raise ValueError("text is empty: give at least one token's worth of text")
+        raise DataError("text is empty: give at least one token's worth of text")
     token_ids = tokenizer(text, return_tensors="pt")["input_ids"]  # (1, T)
     length = token_ids.shape[1]
     if length == 0:
-        raise ValueError(f"text {text[:40]!r} tokenizes to no tokens")
+        raise DataError(f"text {text[:40]!r} tokenizes to no tokens")
     context = getattr(base.config.get_text_config(), "max_position_embeddings", None)
     if context is not None and length > context:
-        raise ValueError(
+        raise DataError(
             f"text is {length} tokens, longer than the model's context of {context} tokens "
             "(max_position_embeddings): shorten it; --window selects what to show, not what the model reads"
         )
     if overview is not None and overview < 1:
-        raise ValueError(f"overview must be at least 1 cell a side, got {overview}")
+        raise ConfigError(f"overview must be at least 1 cell a side, got {overview}")
     start, stop = resolve_window(window, length)
     block = None if overview is None else -(-length // overview)
     read = list(range(selected[-1] + 1)) if rollout else selected
@@ -435,7 +436,7 @@ def select_layers(layers: Sequence[int] | None, count: int) -> list[int]:
     resolved = set()
     for layer in layers:
         if not -count <= layer < count:
-            raise ValueError(
+            raise ConfigError(
                 f"layer {layer} out of range: the model has {count} layers (0–{count - 1}, or -{count}–-1)"
             )
         resolved.add(layer % count)
@@ -452,7 +453,7 @@ def resolve_window(window: tuple[int, int | None] | None, length: int) -> tuple[
     stop = length if stop is None else stop
     start, stop = (start + length if start < 0 else start), (stop + length if stop < 0 else stop)
     if not 0 <= start < stop <= length:
-        raise ValueError(
+        raise ConfigError(
             f"window {tuple(window)} selects no tokens of a {length}-token text: need start < stop within 0–{length}"
         )
     return start, stop
@@ -594,7 +595,7 @@ def _check_reproduces(layer: int, probs: Tensor, first: int, value: Tensor, outp
     difference = float((ours - theirs).abs().max())
     tolerance = max(1e-4, 8 * torch.finfo(value.dtype).eps) * float(values.abs().max())
     if difference > tolerance:
-        raise ValueError(
+        raise ModelRefused(
             f"layer {layer}: the attention probabilities recomputed from its queries and keys do not reproduce its "
             f"attention output (largest difference {difference:.3g}, tolerance {tolerance:.3g}): its attention "
             "changes the scores in a way this capture does not rebuild (soft-capping, attention sinks, ...)"

@@ -25,6 +25,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ginformer.adapter.hub import ADAPTER_TYPE
+from ginformer.errors import CheckpointError, ConfigError
 from ginformer.files import atomic_write_text, check_output_dir
 
 DEFAULT_ROOT = Path("runs/graphs")
@@ -38,7 +39,7 @@ def parse_window(text: str) -> tuple[int, int | None]:
     """"START:STOP" -> (start, stop); an empty START is 0 and an empty STOP the end of the text."""
     match = re.fullmatch(r"\s*(-?\d*)\s*:\s*(-?\d*)\s*", text)
     if not match:
-        raise ValueError(f"window {text!r} must look like START:STOP, e.g. 0:32, -40: or :64")
+        raise ConfigError(f"window {text!r} must look like START:STOP, e.g. 0:32, -40: or :64")
     start, stop = match.groups()
     return int(start or 0), int(stop) if stop else None
 
@@ -70,12 +71,18 @@ def resolve_model(model: str, adapter: Path | None = None) -> tuple[str, Path | 
         return str(final), adapter
     if adapted.is_file():
         if adapter is not None:
-            raise ValueError(f"{model} is a fine-tuned run with its own adapter/: --adapter would attach a second one")
-        payload = json.loads(adapted.read_text())
-        if payload.get("adapter_type") != ADAPTER_TYPE:
-            raise ValueError(f"{adapted.parent} holds a peft adapter, not a Sparse-GIN one: its attention graphs are "
-                             f"its base's (--model {payload['base_model_name_or_path']})")
-        return payload["base_model_name_or_path"], adapted.parent
+            raise ConfigError(f"{model} is a fine-tuned run with its own adapter/: --adapter would attach a second one")
+        try:
+            payload = json.loads(adapted.read_bytes())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise CheckpointError(f"{adapted} is not valid JSON ({err}): the run's adapter is damaged") from None
+        base = payload.get("base_model_name_or_path") if isinstance(payload, dict) else None
+        if isinstance(payload, dict) and payload.get("adapter_type") != ADAPTER_TYPE:
+            raise CheckpointError(f"{adapted.parent} holds a peft adapter, not a Sparse-GIN one: its attention graphs "
+                                  f"are its base's (--model {base})")
+        if not base:
+            raise CheckpointError(f"{adapted} does not name the base model it adapts (base_model_name_or_path)")
+        return base, adapted.parent
     return model, adapter
 
 
@@ -145,14 +152,14 @@ def draw_attention_graphs(request: GraphRequest) -> Drawn:
     )
 
     if request.top_k < 1:
-        raise ValueError(f"--top-k must be >= 1, got {request.top_k}")
+        raise ConfigError(f"--top-k must be >= 1, got {request.top_k}")
     if request.layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {list(LAYOUTS)}, got {request.layout!r}")
     if request.html:
         return _write_explorer(request)
     for name, value in (("--compare", request.compare), ("--heads", request.heads)):
         if value is not None:
-            raise ValueError(f"{name} is for the explorer page: add --html")
+            raise ConfigError(f"{name} is for the explorer page: add --html")
     loaded = load_model(request.model, request.adapter)
     model, tokenizer, model_path = loaded.model, loaded.tokenizer, loaded.path
     out = request.out or DEFAULT_ROOT / slug(model_path, request.text, loaded.adapter)
@@ -163,7 +170,7 @@ def draw_attention_graphs(request: GraphRequest) -> Drawn:
     length = len(tokenizer(request.text)["input_ids"])
     start, stop = resolve_window(request.window, length)
     if stop - start > MAX_FIGURE_TOKENS:
-        raise ValueError(
+        raise ConfigError(
             f"{stop - start} tokens are too many for figures and for graph files with every edge "
             f"(~{(stop - start) ** 2 // 2:,} edges per layer): choose at most {MAX_FIGURE_TOKENS} with --window "
             "START:STOP, or write the explorer page with --html, which shows the whole text"
@@ -172,7 +179,7 @@ def draw_attention_graphs(request: GraphRequest) -> Drawn:
     graphs = attention_graphs(model, tokenizer, request.text, layers=layers, window=request.window)
     heads = graphs.heads[layers[0]].shape[0]
     if request.head is not None and not 0 <= request.head < heads:
-        raise ValueError(f"--head {request.head} out of range: the model has {heads} heads per layer (0–{heads - 1})")
+        raise ConfigError(f"--head {request.head} out of range: the model has {heads} heads per layer (0–{heads - 1})")
     overrides = {"alpha": request.alpha, "tau": request.tau, "epsilon": request.epsilon}
     overrides = {name: value for name, value in overrides.items() if value is not None}
     source = "sum over heads" if request.head is None else f"head {request.head}"
@@ -254,8 +261,8 @@ def _write_explorer(request: GraphRequest) -> Drawn:
     for name, value in (("--head", request.head), ("--alpha", request.alpha), ("--tau", request.tau),
                         ("--epsilon", request.epsilon)):
         if value is not None:
-            raise ValueError(f"{name} sets the figures, not the explorer page, which shows every head and each "
-                             "adapter's own α, τ, ε: leave it out with --html (--heads keeps some heads only)")
+            raise ConfigError(f"{name} sets the figures, not the explorer page, which shows every head and each "
+                              "adapter's own α, τ, ε: leave it out with --html (--heads keeps some heads only)")
     loaded = load_model(request.model, request.adapter)
     compare = None
     if request.compare is not None:

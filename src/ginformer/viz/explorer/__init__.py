@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 
 from ginformer.adapter import SparseGINModel
+from ginformer.errors import ConfigError
 from ginformer.viz.attention_graphs import ROLLOUT_LIMIT, STAGES, AttentionGraphs, attention_graphs
 
 PRECISIONS = {"uint8": 1, "float16": 2}  # precision -> bytes per stored weight
@@ -166,9 +167,9 @@ def explorer_page(
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
     if gamma <= 0:
-        raise ValueError(f"gamma must be > 0, got {gamma}")
+        raise ConfigError(f"gamma must be > 0, got {gamma}")
     if top_k < 1:
-        raise ValueError(f"top_k must be >= 1, got {top_k}")
+        raise ConfigError(f"top_k must be >= 1, got {top_k}")
     first = captures[0].graphs
     for capture in captures[1:]:
         _check_same_text(first, captures[0].name, capture.graphs, capture.name)
@@ -232,7 +233,7 @@ def _check_same_text(first: AttentionGraphs, first_name: str, other: AttentionGr
     if first.offset != other.offset or len(first.tokens) != len(other.tokens):
         raise ValueError(f"{first_name} and {other_name} keep different windows: capture both with the same window")
     if first.token_ids != other.token_ids or first.length != other.length:
-        raise ValueError(
+        raise ConfigError(
             f"{first_name} and {other_name} tokenize the text differently ({first.length} and {other.length} tokens): "
             "side by side needs the same tokenizer"
         )
@@ -248,7 +249,7 @@ def _describe(capture: Capture, heads: Sequence[int] | None, store: _BlobStore) 
     chosen = list(range(count)) if heads is None else list(heads)
     for head in chosen:
         if not 0 <= head < count:
-            raise ValueError(f"head {head} out of range: {capture.name} has {count} heads per layer (0–{count - 1})")
+            raise ConfigError(f"head {head} out of range: {capture.name} has {count} heads per layer (0–{count - 1})")
     if not chosen:
         raise ValueError("heads is empty: name at least one head, or pass None for all")
     overview = graphs.overview
@@ -312,7 +313,7 @@ def encode_matrices(matrices: Tensor, precision: str) -> tuple[bytes, dict]:
     if precision == "float16":
         return values.astype("<f2").tobytes(), description
     if (values < 0).any():
-        raise ValueError("uint8 stores weights ≥ 0 only, and these matrices have negative entries: use float16")
+        raise ConfigError("uint8 stores weights ≥ 0 only, and these matrices have negative entries: use float16")
     scales = values.reshape(len(values), -1).max(axis=1)  # (n,) the largest weight of each matrix
     levels = np.sqrt(values / np.maximum(scales, np.finfo(np.float32).tiny)[:, None, None]) * 255
     description["scales"] = scales.tolist()
