@@ -16,6 +16,7 @@ from transformers.models.llama.modeling_llama import (
 )
 
 from ginformer.attention import GINAttention, GraphAttention, PNAAttention, logit
+from ginformer.errors import ConfigError
 from ginformer.graph import ACTIVATIONS, REFINEMENTS
 from ginformer.gnn import PNA_AGGREGATORS, PNA_SCALERS, HeadwiseMLP
 
@@ -26,12 +27,12 @@ NODE_FEATURES = ("v_proj", "hidden_slice")
 
 def _check_choice(field: str, value, allowed) -> None:
     if value not in allowed:
-        raise ValueError(f"{field} must be one of {list(allowed)}, got {value!r}")
+        raise ConfigError(f"{field} must be one of {list(allowed)}, got {value!r}")
 
 
 def _check_positive(field: str, value) -> None:
     if not value > 0:
-        raise ValueError(f"{field} must be > 0, got {value!r}")
+        raise ConfigError(f"{field} must be > 0, got {value!r}")
 
 
 @strict
@@ -88,13 +89,13 @@ class GinformerConfig(LlamaConfig):
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
-        # Validate here (not in a @strict validator) so that problems surface as ValueError naming the field.
+        # Validate here (not in a @strict validator) so that problems surface as a ConfigError naming the field.
         if self.hidden_size % self.num_attention_heads != 0:
-            raise ValueError(
+            raise ConfigError(
                 f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads ({self.num_attention_heads})"
             )
         if self.num_attention_heads % self.num_key_value_heads != 0:
-            raise ValueError(
+            raise ConfigError(
                 f"num_attention_heads ({self.num_attention_heads}) must be divisible by "
                 f"num_key_value_heads ({self.num_key_value_heads})"
             )
@@ -110,24 +111,24 @@ class GinformerConfig(LlamaConfig):
         for name in self.pna_scalers:
             _check_choice("pna_scalers", name, PNA_SCALERS)
         if not self.pna_aggregators or not self.pna_scalers:
-            raise ValueError("pna_aggregators and pna_scalers must each name at least one entry")
+            raise ConfigError("pna_aggregators and pna_scalers must each name at least one entry")
         if self.refinement_threshold < 0:  # ReLU(A − θ) with θ < 0 would give every masked key (the future) an edge
-            raise ValueError(f"refinement_threshold must be >= 0, got {self.refinement_threshold}")
+            raise ConfigError(f"refinement_threshold must be >= 0, got {self.refinement_threshold}")
         if self.adjacency_top_k < 1:
-            raise ValueError(f"adjacency_top_k must be >= 1, got {self.adjacency_top_k}")
+            raise ConfigError(f"adjacency_top_k must be >= 1, got {self.adjacency_top_k}")
         for field in ("gin_mlp_multiplier", "pna_mlp_multiplier", "sharpness_init", "pna_degree_delta"):
             _check_positive(field, getattr(self, field))
         if not 0 < self.pna_blend_init < 1:
-            raise ValueError(f"pna_blend_init must lie in (0, 1), got {self.pna_blend_init}")
+            raise ConfigError(f"pna_blend_init must lie in (0, 1), got {self.pna_blend_init}")
         if not 0 <= self.gin_mlp_dropout < 1:
-            raise ValueError(f"gin_mlp_dropout must lie in [0, 1), got {self.gin_mlp_dropout}")
+            raise ConfigError(f"gin_mlp_dropout must lie in [0, 1), got {self.gin_mlp_dropout}")
         if any(kind != "standard" for kind in kinds):
             heads_width = self.num_attention_heads * self.head_dim
             needs_width = (not self.use_o_proj and "use_o_proj=False") or (
                 self.node_features == "hidden_slice" and "node_features='hidden_slice'"
             )
             if needs_width and heads_width != self.hidden_size:
-                raise ValueError(
+                raise ConfigError(
                     f"{needs_width} needs num_attention_heads * head_dim ({heads_width}) == hidden_size ({self.hidden_size})"
                 )
 
@@ -136,7 +137,7 @@ class GinformerConfig(LlamaConfig):
         if isinstance(self.attention_kind, str):
             return [self.attention_kind] * self.num_hidden_layers
         if len(self.attention_kind) != self.num_hidden_layers:
-            raise ValueError(
+            raise ConfigError(
                 f"attention_kind lists {len(self.attention_kind)} kinds for {self.num_hidden_layers} layers"
             )
         return list(self.attention_kind)

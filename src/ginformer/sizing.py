@@ -7,6 +7,7 @@ its best GIN model has hidden size 528 against the reference's 512.
 import torch
 import torch.nn as nn
 
+from ginformer.errors import ConfigError
 from ginformer.modeling import GinformerConfig, GinformerForCausalLM
 
 
@@ -42,7 +43,7 @@ def size_config(
     Raises ValueError when no hidden size comes within ``tolerance`` (relative) of the target.
     """
     if target_params <= 0:
-        raise ValueError(f"target_params must be > 0, got {target_params}")
+        raise ConfigError(f"target_params must be > 0, got {target_params}")
     step = 2 * config.num_attention_heads
 
     def count(multiple: int) -> int:
@@ -52,7 +53,7 @@ def size_config(
     while count(high) < target_params:
         low, high = high, high * 2
         if high * step > 1 << 16:
-            raise ValueError(f"target_params={target_params} needs a hidden size above {1 << 16}")
+            raise ConfigError(f"target_params={target_params} needs a hidden size above {1 << 16}")
     while high - low > 1:  # the count grows with the hidden size: bisect for the crossing
         middle = (low + high) // 2
         low, high = (middle, high) if count(middle) < target_params else (low, middle)
@@ -60,7 +61,7 @@ def size_config(
     sized = with_hidden_size(config, best * step, scale_intermediate)
     achieved = config_parameters(sized)
     if abs(achieved - target_params) > tolerance * target_params:
-        raise ValueError(
+        raise ConfigError(
             f"no hidden size gets within {tolerance:.0%} of target_params={target_params}: the closest, "
             f"hidden_size={sized.hidden_size}, gives {achieved}"
         )

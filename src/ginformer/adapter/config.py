@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal, get_args
 
+from ginformer.errors import ConfigError
+
 Aggregation = Literal["sum", "mean", "max"]
 SelfTerm = Literal["one_plus_eps", "eps"]
 Norm = Literal["layer", "rms"]
@@ -20,7 +22,7 @@ ScaleInit = Literal["zero", "ramp"]
 def _choice(name: str, value: Any, kind: Any) -> None:
     allowed = get_args(kind)
     if value not in allowed:
-        raise ValueError(f"SparseGINConfig.{name}={value!r}: allowed values are {', '.join(allowed)}")
+        raise ConfigError(f"SparseGINConfig.{name}={value!r}: allowed values are {', '.join(allowed)}")
 
 
 @dataclass
@@ -80,15 +82,15 @@ class SparseGINConfig:
         _choice("placement", self.placement, Placement)
         _choice("scale_init", self.scale_init, ScaleInit)
         if not isinstance(self.d_gnn, int) or self.d_gnn < 1:
-            raise ValueError(f"SparseGINConfig.d_gnn={self.d_gnn!r}: allowed values are integers >= 1")
+            raise ConfigError(f"SparseGINConfig.d_gnn={self.d_gnn!r}: allowed values are integers >= 1")
         if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 1):
-            raise ValueError(f"SparseGINConfig.top_k={self.top_k!r}: allowed values are None or integers >= 1")
+            raise ConfigError(f"SparseGINConfig.top_k={self.top_k!r}: allowed values are None or integers >= 1")
         if not 0.0 <= self.edge_threshold < 1.0:
-            raise ValueError(f"SparseGINConfig.edge_threshold={self.edge_threshold!r}: allowed values are in [0, 1)")
+            raise ConfigError(f"SparseGINConfig.edge_threshold={self.edge_threshold!r}: allowed values are in [0, 1)")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"SparseGINConfig.dropout={self.dropout!r}: allowed values are in [0, 1)")
+            raise ConfigError(f"SparseGINConfig.dropout={self.dropout!r}: allowed values are in [0, 1)")
         if self.alpha <= 0:
-            raise ValueError(f"SparseGINConfig.alpha={self.alpha!r}: allowed values are > 0")
+            raise ConfigError(f"SparseGINConfig.alpha={self.alpha!r}: allowed values are > 0")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -98,5 +100,5 @@ class SparseGINConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"SparseGINConfig: unknown fields {unknown}; allowed fields are {sorted(known)}")
+            raise ConfigError(f"SparseGINConfig: unknown fields {unknown}; allowed fields are {sorted(known)}")
         return cls(**values)

@@ -104,7 +104,7 @@ def lora_config_for_budget(
         raise ValueError(f"tolerance must be in [0, 1), got {tolerance!r}")
     unsupported = sorted(set(lora_kwargs) - _SUPPORTED_LORA_KWARGS)
     if unsupported:
-        raise ValueError(
+        raise ConfigError(
             f"LoraConfig options {unsupported} are not supported by budget matching (they change which "
             f"parameters train); supported: {sorted(_SUPPORTED_LORA_KWARGS)}"
         )

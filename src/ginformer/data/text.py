@@ -57,6 +57,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedToken
 
 from ginformer.data.rows import HUB_ID, load_hub_dataset, read_jsonl
 from ginformer.data.tokenizer import TEXT_SPECIAL_TOKENS, UNK, build_byte_tokenizer, build_char_tokenizer
+from ginformer.errors import ConfigError, DataError, MissingInput
 from ginformer.files import UTF8_BOM, check_output_dir, refuse_special_file
 from ginformer.pretrained import load_base_tokenizer
 
@@ -232,7 +233,7 @@ def _resolve_tokenizer(spec: str | Path | PreTrainedTokenizerBase) -> PreTrained
             f"tokenizer must be 'char', 'byte', a tokenizer directory or hub id, or a tokenizer object, got {spec!r}"
         )
     if tokenizer.eos_token_id is None:
-        raise ValueError(
+        raise ConfigError(
             f"tokenizer {tokenizer.name_or_path or type(tokenizer).__name__!r} has no eos token, which separates "
             "documents in the token stream; set tokenizer.eos_token, or use 'char' or 'byte'"
         )
@@ -261,7 +262,7 @@ def _open_source(source: str | Path, text_column: str) -> _Corpus:
             refuse_special_file(file, f"in the text source {path}, the file")
         files = [file for file in files if file.is_file()]  # a folder named *.txt is not a document
         if not files:
-            raise ValueError(f"{path}: folder has no .txt files (searched recursively)")
+            raise DataError(f"{path}: folder has no .txt files (searched recursively)")
         identity = {"folder": str(path.resolve()), "files": [_file_identity(f, path) for f in files]}
         return _Corpus(str(path), lambda: _folder_pieces(files), identity)
     if path.is_file():
@@ -272,12 +273,12 @@ def _open_source(source: str | Path, text_column: str) -> _Corpus:
             return _Corpus(str(path), lambda: _jsonl_documents(path, text_column), identity | {"column": text_column})
         if path.suffix == ".parquet":
             return _Corpus(str(path), lambda: _parquet_documents(path, text_column), identity | {"column": text_column})
-        raise ValueError(
+        raise DataError(
             f"{path}: unsupported file type {path.suffix or '(no suffix)'!r}; a text source is a .txt, .jsonl or "
             ".parquet file, a folder of .txt files, or a hub dataset id owner/name"
         )
     if isinstance(source, Path) or path.suffix in SUFFIXES or not HUB_ID.match(str(source)):
-        raise FileNotFoundError(f"text source not found: {path} (and it is not a hub dataset id owner/name)")
+        raise MissingInput(f"text source not found: {path} (and it is not a hub dataset id owner/name)")
     return _hub_corpus(str(source), text_column)
 
 
@@ -353,7 +354,7 @@ def _decode(data: bytes, path: Path, offset: int, line: int) -> str:
     except UnicodeDecodeError as err:
         at = offset + err.start
         line += data[: err.start].count(b"\n")
-        raise ValueError(
+        raise DataError(
             f"{path}: not UTF-8 text: line {line}, byte offset {at} (0x{data[err.start]:02x}: {err.reason}); "
             "convert the file to UTF-8"
         ) from None
@@ -365,20 +366,20 @@ def _jsonl_documents(path: Path, column: str) -> Iterator[tuple[int, str]]:
     for number, row in read_jsonl(path):
         where = f"{path}: line {number}"
         if isinstance(row, str):  # the reader's reason: not JSON, or not an object
-            raise ValueError(f"{where}: {row}")
+            raise DataError(f"{where}: {row}")
         if column not in row:
-            raise ValueError(f"{where}: no column {column!r} (found {sorted(row)}); set text_column")
+            raise DataError(f"{where}: no column {column!r} (found {sorted(row)}); set text_column")
         yield number, _text_value(row[column], where, column)
 
 
 def _text_value(value: object, where: str, column: str) -> str:
     if not isinstance(value, str):
-        raise ValueError(f"{where}: {column!r} is {type(value).__name__}, expected a string")
+        raise DataError(f"{where}: {column!r} is {type(value).__name__}, expected a string")
     if not value.isascii():  # JSON may escape a lone surrogate, which no UTF-8 text (and no tokenizer) takes
         try:
             value.encode("utf-8")
         except UnicodeEncodeError as err:
-            raise ValueError(f"{where}: {column!r} holds a lone surrogate ({err.reason}), which is not text") from None
+            raise DataError(f"{where}: {column!r} holds a lone surrogate ({err.reason}), which is not text") from None
     return value
 
 
@@ -390,20 +391,20 @@ def _parquet_documents(path: Path, column: str) -> Iterator[tuple[int, str]]:
     try:
         parquet = pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as err:
-        raise ValueError(f"{path}: not a readable Parquet file ({err})") from None
+        raise DataError(f"{path}: not a readable Parquet file ({err})") from None
     with parquet:
         names = parquet.schema_arrow.names
         if column not in names:
-            raise ValueError(f"{path}: no column {column!r} (found {names}); set text_column")
+            raise DataError(f"{path}: no column {column!r} (found {names}); set text_column")
         kind = parquet.schema_arrow.field(column).type
         if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)):
-            raise ValueError(f"{path}: row 0 (0-based): column {column!r} holds {kind} values, expected strings")
+            raise DataError(f"{path}: row 0 (0-based): column {column!r} holds {kind} values, expected strings")
         row = 0
         for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=[column]):
             values = batch.column(0)
             if values.null_count:
                 first = row + values.is_null().to_pylist().index(True)
-                raise ValueError(f"{path}: row {first} (0-based): {column!r} is null, expected a string")
+                raise DataError(f"{path}: row {first} (0-based): {column!r} is null, expected a string")
             for value in values.to_pylist():
                 yield row, value
                 row += 1
@@ -413,7 +414,7 @@ def _hub_corpus(dataset_id: str, column: str) -> _Corpus:
     dataset = load_hub_dataset(dataset_id, None, "train", local_formats=".txt, .jsonl or .parquet")
     name = f"hub dataset {dataset_id!r} (train)"
     if column not in dataset.column_names:
-        raise ValueError(f"{name}: no column {column!r} (found {dataset.column_names}); set text_column")
+        raise DataError(f"{name}: no column {column!r} (found {dataset.column_names}); set text_column")
 
     def read() -> Iterator[tuple[int, str]]:
         row = 0
@@ -447,7 +448,7 @@ def _count_characters(corpus: _Corpus) -> dict[int, int]:
             bar.update(len(piece))
     if not any(counts.values()):
         detail = f"all {len(counts)} of its documents are empty" if counts else "it holds no text"
-        raise ValueError(f"{corpus.name}: the corpus is empty: {detail}")
+        raise DataError(f"{corpus.name}: the corpus is empty: {detail}")
     return {d: n for d, n in counts.items() if n > 0}  # empty documents are dropped
 
 
@@ -460,7 +461,7 @@ def _plan_split(corpus: _Corpus, split: Split, val_fraction: float, seed: int) -
         cut = int(total * (1 - val_fraction))
         if cut == 0 or cut == total:
             empty, hint = ("train", "a smaller") if cut == 0 else ("val", "a larger")
-            raise ValueError(
+            raise DataError(
                 f"{corpus.name}: split 'position' with val_fraction {val_fraction} leaves the {empty} split empty "
                 f"({cut:,} train and {total - cut:,} val characters of {total:,}); use {hint} val_fraction or a "
                 "larger corpus"
@@ -468,7 +469,7 @@ def _plan_split(corpus: _Corpus, split: Split, val_fraction: float, seed: int) -
         return _Plan(total, cut, None)
 
     if len(documents) < 2:
-        raise ValueError(
+        raise DataError(
             f"{corpus.name}: split 'document' needs at least 2 non-empty documents, found {len(documents)}; "
             "use split: position to cut the text by character position instead"
         )
@@ -726,7 +727,7 @@ def _load_cached(directory: Path, tokenizer: PreTrainedTokenizerBase | None, nam
         path, counts = directory / f"{side}.bin", meta[side]
         size = path.stat().st_size if path.is_file() else -1
         if size != counts["tokens"] * dtype.itemsize:
-            raise ValueError(
+            raise DataError(
                 f"{path}: {size} bytes, but {directory / META} says {counts['tokens']} {dtype.name} ids; the cache "
                 f"is damaged: delete {directory} to rebuild it"
             )

@@ -57,6 +57,8 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
+from ginformer.errors import ConfigError, OutputInTheWay
+from ginformer.files import atomic_write_text, atomic_writer, check_output_dir
 from ginformer.runs.config import (
     SECTIONS,
     RunSettings,
@@ -66,10 +68,8 @@ from ginformer.runs.config import (
     run_settings_from_dict,
     side_name,
 )
-from ginformer.files import atomic_write_text, atomic_writer, check_output_dir
 from ginformer.runs.evaluate import VAL, check_options, evaluate_run
 from ginformer.runs.run_dir import RunDir
-from ginformer.errors import ConfigError
 from ginformer.runs.train import changed_settings, train
 from ginformer.viz import plots
 
@@ -321,7 +321,7 @@ def refuse_changed_run(run_dir: Path, wanted: dict[str, dict[str, Any]]) -> None
     """A finished run is reused only when its saved config.yaml holds exactly the `wanted` settings."""
     changed = changed_settings(RunDir(run_dir).read_config(), wanted, SECTIONS)
     if changed:
-        raise FileExistsError(
+        raise OutputInTheWay(
             f"{run_dir} was trained with other settings ({', '.join(changed)}); pass --overwrite to retrain "
             "the whole comparison, or choose another name"
         )
@@ -380,7 +380,7 @@ def run_summary(
     evals = [e for e in metrics if e["event"] == "eval"]
     trains = [e for e in metrics if e["event"] == "train"]
     if start is None or not evals or (seed is not None and not trains):
-        raise ValueError(
+        raise ConfigError(
             f"{variant} seed {seed}: metrics need a start event, train events and eval events; found "
             f"{sorted({e['event'] for e in metrics})} (lower training.eval_steps/logging_steps below max_steps)"
         )

@@ -205,11 +205,11 @@ def bundled_config(name: str) -> Path:
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """A YAML config file as a mapping: the path as given, else a bundled config of that name."""
+    """A YAML config file as a mapping: the path as given, else a bundled config of that name (.yaml optional)."""
     path = Path(path)
     refuse_special_file(path, "config file")
     if not path.is_file():
-        bundled = bundled_config(path.name)
+        bundled = bundled_config(path.name if path.suffix == ".yaml" else f"{path.name}.yaml")
         if path.parent != Path(".") or not bundled.is_file():
             raise ConfigError(f"config file not found: {path} (bundled configs: {', '.join(bundled_configs())})")
         path = bundled

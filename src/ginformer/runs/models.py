@@ -88,7 +88,7 @@ class _ScratchModel:
                 self.attention_dropout, "in [0, 1)")
         try:
             self.to_config(vocab_size=64, sized=False)  # GinformerConfig checks the values it owns
-        except ValueError as err:
+        except ConfigError as err:
             raise ConfigError(f"model: {err}") from None
 
     def to_config(self, vocab_size: int, sized: bool = True, **token_ids: int | None) -> GinformerConfig:
@@ -274,7 +274,7 @@ def _lora(base: PreTrainedModel, settings: PretrainedModelSettings):
     if lora.rank is None:
         try:
             config, _ = lora_config_for_budget(base, budget, lora.target, **extra)
-        except ValueError as err:
+        except ConfigError as err:
             raise ConfigError(f"model.lora: {err}; set model.lora.rank") from None
     else:
         modules = lora_target_modules(base, lora.target)  # raises, naming the model, when nothing matches

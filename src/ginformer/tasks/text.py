@@ -105,7 +105,7 @@ class TextTask(Task):
         """The blocks of the validation split or of a whole file; `rows` holds the split they come from, whose
         characters turn the loss into bits per character."""
         if data is not None and Path(data).resolve() == Path(self.source).resolve():
-            raise ValueError(f"{data} is the run's training corpus; leave out --data to score its held-out split")
+            raise ConfigError(f"{data} is the run's training corpus; leave out --data to score its held-out split")
         corpus = self.tokenized(tokenizer)
         if data is None:
             split, name, limit = corpus.val, "val", self.settings.max_val_blocks if limit is None else limit
