@@ -5,7 +5,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, CompileConfig, LlamaC
 
 from ginformer import GinformerConfig, GinformerForCausalLM, count_parameters, size_config
 from ginformer.attention import GINAttention, PNAAttention
-from ginformer.sizing import config_parameters
+from ginformer.sizing import config_parameters, forward_flops_per_token
 from test_attention import OPTIONS, tiny_config
 
 GENERATION_CASES = [("standard", "fast_softmax")] + [
@@ -243,3 +243,27 @@ def test_static_cache_generation_with_a_compiled_forward_equals_uncached():
         compiled = greedy(model, prompt, mask, cache_implementation="static")
     assert counters["stats"]["unique_graphs"] > graphs_before
     assert_same_generation(compiled, uncached)
+
+
+@pytest.mark.parametrize("kind, options", [
+    ("standard", {}),
+    ("gin", {}),  # A'·X through SDPA
+    ("gin", {"adjacency_activation": "relu", "node_features": "hidden_slice", "use_o_proj": True}),  # dense A'
+    ("pna", {"pna_compile": False, "pna_aggregators": ["sum", "max", "std"], "pna_scalers": ["identity", "attenuation"]}),
+])
+def test_the_flop_count_equals_torchs_count_of_the_models_own_products(kind, options):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    heads_kv = 4 if options.get("node_features") == "hidden_slice" else 2
+    config = GinformerConfig(vocab_size=37, hidden_size=32, num_attention_heads=4, num_key_value_heads=heads_kv,
+                             num_hidden_layers=2, intermediate_size=48, attention_kind=kind, **options)
+    model, length = GinformerForCausalLM(config).eval(), 16
+    # SDPA's math backend runs as matrix products, which torch's counter sees; every attention here is dense T × T.
+    with FlopCounterMode(display=False) as counter, torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+        model(input_ids=torch.randint(0, 37, (2, length)))
+    terms = forward_flops_per_token(config, length, context=length)
+    assert counter.get_total_flops() / (2 * length) == sum(terms.values()) - terms["extrema"]  # max/min: no products
+    assert (terms["extrema"] > 0, terms["graph_mlp"] > 0) == (kind == "pna", kind != "standard")
+    causal = forward_flops_per_token(config, length)
+    assert causal["attention"] == terms["attention"] * (length + 1) / (2 * length)  # a query sees (T + 1) / 2 keys

@@ -1,7 +1,10 @@
-"""Parameter counts, and sizing a config to a target count so that variants are compared at equal size.
+"""What a model costs: parameter counts, sizing a config to a target count so that variants are compared at equal
+size, and the floating-point operations a training token takes, so that they can be compared at equal compute.
 
 The paper compares every attention kind at ~25 M parameters (6 layers × 8 heads) by adjusting the hidden size;
-its best GIN model has hidden size 528 against the reference's 512.
+its best GIN model has hidden size 528 against the reference's 512. At equal size a GIN layer still does more
+work than a standard one (its per-head MLP), and a PNA layer more again (several aggregations and a second pass
+of standard attention), which `forward_flops_per_token` counts.
 """
 
 import torch
@@ -66,3 +69,45 @@ def size_config(
             f"hidden_size={sized.hidden_size}, gives {achieved}"
         )
     return sized
+
+
+def forward_flops_per_token(config: GinformerConfig, seq_len: int, context: float | None = None) -> dict[str, float]:
+    """Floating-point operations of one forward pass per token, by term, at sequence length `seq_len`.
+
+    A multiply-add counts 2. `context` is the mean number of keys a query sees: (seq_len + 1) / 2 under the causal
+    mask (the default; what a kernel that skips masked keys does), seq_len for a dense T × T computation. PNA's
+    max and min count a multiply and a comparison per key and feature. Norms, softmax and activations are left out,
+    as in the usual 6N estimate; training is about 3 × the forward (`training_flops_per_token`).
+    """
+    context = (seq_len + 1) / 2 if context is None else context
+    d, heads, head_dim = config.hidden_size, config.num_attention_heads, config.head_dim
+    query_width, kv_width = heads * head_dim, config.num_key_value_heads * head_dim
+    terms = dict.fromkeys(("projections", "feed_forward", "attention", "graph_mlp", "extrema", "lm_head"), 0.0)
+    for kind in config.layer_kinds():
+        graph = kind != "standard"
+        values = not (graph and config.node_features == "hidden_slice")
+        output = not graph or config.use_o_proj
+        terms["projections"] += 2 * d * (query_width + kv_width * (1 + values)) + 2 * query_width * d * output
+        terms["feed_forward"] += 3 * 2 * d * config.intermediate_size
+        per_key = 2 * query_width * context  # one (T_q, D) × (D, T_k) or (T_q, T_k) × (T_k, D) product per token
+        if kind == "standard":
+            terms["attention"] += 2 * per_key  # scores, then A·V
+        elif kind == "gin":
+            hidden = max(1, round(config.gin_mlp_multiplier * head_dim))
+            terms["attention"] += 2 * per_key  # scores, then A'·X
+            terms["graph_mlp"] += 2 * heads * (head_dim * hidden + hidden * head_dim)
+        else:  # pna: its adjacency, Σ A x and Σ A x² (mean and var come from them), then standard attention again
+            aggregators = list(config.pna_aggregators)
+            extrema = sum(name in ("max", "min") for name in aggregators)
+            hidden = max(1, round(config.pna_mlp_multiplier * head_dim))
+            features = len(aggregators) * len(config.pna_scalers) * head_dim
+            terms["attention"] += 3 * per_key + 2 * per_key
+            terms["extrema"] += extrema * per_key
+            terms["graph_mlp"] += 2 * heads * (features * hidden + hidden * head_dim)
+    terms["lm_head"] = 2 * d * config.vocab_size
+    return terms
+
+
+def training_flops_per_token(config: GinformerConfig, seq_len: int) -> float:
+    """Forward and backward (twice the forward's work: gradients of activations and of weights) per token."""
+    return 3 * sum(forward_flops_per_token(config, seq_len).values())
