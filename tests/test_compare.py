@@ -16,17 +16,11 @@ import yaml
 import ginformer.runs.compare
 from ginformer.cli import main
 from ginformer.data.tokenizer import build_protein_tokenizer
-from ginformer.runs.compare import (
-    DEMO_CONFIG,
-    compare_settings_from_dict,
-    format_mean_std,
-    load_compare_settings,
-    mean_std,
-    run_comparison,
-    run_summary,
-    summary_table,
-    variant_parameters,
-)
+from ginformer.runs.compare import DEMO_CONFIG, run_comparison
+from ginformer.runs.compare_config import compare_settings_from_dict, load_compare_settings, variant_parameters
+from ginformer.runs.report import summary_table
+from ginformer.runs.run_dir import RunDir
+from ginformer.runs.summary import choose_point, format_mean_std, mean_std, run_summary
 from ginformer.runs.config import bundled_config
 from ginformer.runs.models import MODEL_SIDES
 from ginformer.errors import ConfigError
@@ -61,14 +55,14 @@ def tiny_config(root: Path, **changes) -> dict:
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"seed": [1]}, "unknown key in compare config: 'seed'"),
+        ({"seed": [1]}, "unknown key: 'seed' \\(did you mean 'seeds'\\?\\)"),
         ({"seeds": []}, "seeds=\\[\\] is not allowed"),
         ({"seeds": [1, 1]}, "distinct"),
         ({"target_params": 0}, "target_params=0 is not allowed"),
         ({"baseline": True}, "baseline=True is not allowed"),
         ({"evaluate": {"generate": 3}}, "evaluate: --generate does not apply to a protein run"),
         ({"name": "a/b"}, "name='a/b' is not allowed"),
-        ({"variants": {}}, "variants must be a non-empty mapping"),
+        ({"variants": {}}, "variants=\\{\\} is not allowed: expected a non-empty mapping"),
         ({"variants": {"gin": {"gin_mlp_multipler": 2}}}, "variant 'gin': unknown key in 'model': "
                                                            "'model.gin_mlp_multipler' \\(did you mean"),
         ({"variants": {"gin": {"target_params": 5}}}, "variant 'gin': target_params is the comparison's"),
@@ -88,7 +82,7 @@ def test_bad_compare_configs_name_the_problem(tmp_path, change, message):
 def test_missing_keys_and_overrides(tmp_path):
     config = tiny_config(tmp_path)
     del config["seeds"]
-    with pytest.raises(ConfigError, match="compare config misses seeds"):
+    with pytest.raises(ConfigError, match="config misses seeds; it needs name, seeds, variants"):
         compare_settings_from_dict(config)
     settings = compare_settings_from_dict(tiny_config(tmp_path), ["training.max_steps=9"])
     run = settings.run_settings("gin_two", 4)
@@ -211,7 +205,7 @@ def test_compare_end_to_end_writes_summary_and_figures_then_reuses_finished_runs
     figures = sorted(p.name for p in (root / "figures").glob("*.png"))
     assert figures == sorted([
         "train_loss.png", "val_perplexity.png", "min_val_perplexity.png", "min_train_loss.png",
-        "generalisation_gap.png", "score_both.png", "val_perplexity_vs_gamma.png",
+        "generalisation_gap.png", "score_both.png", "val_perplexity_vs_gamma.png", "val_perplexity_vs_flops.png",
         "sharpening_per_layer.png", "gin_eps_per_layer.png",  # learned per layer (Fig. 5)
         *(f"{key}_{kind}_{variant}.png" for key in ("sharpening", "gin_eps") for kind in ("over_training", "summary")
           for variant in ("gin_half", "gin_two")),  # moving over training (Fig. 10, 11)
@@ -264,3 +258,78 @@ def test_shipped_compare_configs_load_and_size(tmp_path):
     run = paper.run_settings("gin_best", paper.seeds[0])
     assert (run.model.num_hidden_layers, run.model.num_attention_heads) == (6, 8)
     assert run.model.gin_mlp_multiplier == 0.5 and run.model.use_o_proj is False and run.model.learn_sharpening
+
+
+def test_a_sweep_chooses_the_lowest_mean_and_marks_a_choice_at_the_grid_edge():
+    def summary(loss):
+        return run_summary("v", 0, synthetic_metrics([(2, loss)], [(1, loss + 0.1)]), {"scores": {}})
+
+    grid = {"training.learning_rate": [1e-4, 1e-3, 1e-2]}
+    tried = [({"training.learning_rate": rate}, [summary(a), summary(b)])
+             for rate, (a, b) in zip(grid["training.learning_rate"], [(2.0, 2.2), (1.5, 1.9), (1.8, 1.4)])]
+    choice = choose_point(tried, grid, "min_val_loss")
+    # Means 2.1, 1.7, 1.6: the largest rate wins on the mean although 1e-3 has the best single run.
+    assert choice.point == {"training.learning_rate": 1e-2}
+    assert [round(mean, 6) for _, mean in choice.means] == [2.1, 1.7, 1.6]
+    assert choice.at_edge == ["training.learning_rate"]
+    inside = choose_point([*tried[:2], (tried[2][0], [summary(3.0)])], grid, "min_val_loss")
+    assert inside.point == {"training.learning_rate": 1e-3} and inside.at_edge == []
+    ties = choose_point([(p, [summary(1.0)]) for p, _ in tried], grid, "min_val_loss")
+    assert ties.point == {"training.learning_rate": 1e-4}  # a tie goes to the first point in grid order
+
+
+@pytest.mark.parametrize("sweep, message", [
+    ({"grid": {"learning_rate": [1e-3]}}, "sweep.grid.learning_rate=.*section.name"),
+    ({"grid": {"training.seed": [1, 2]}}, "sweep.grid.training.seed=.*the comparison sets those"),
+    ({"grid": {"training.learning_rate": []}}, "non-empty list of distinct values"),
+    ({"grid": {"training.learning_rate": [1e-3, 1e-3]}}, "non-empty list of distinct values"),
+    ({"grid": {"training.learning_rat": [1e-3]}}, "variant 'gin_half' at training.learning_rat=0.001: unknown key"),
+    ({"grid": {"training.learning_rate": ["fast"]}}, "training.learning_rate='fast' is not allowed"),
+    ({"seeds": []}, "sweep.seeds=\\[\\] is not allowed"),
+    ({"metric": "accuracy"}, "sweep.metric='accuracy' is not allowed"),
+])
+def test_bad_sweeps_name_the_key(tmp_path, sweep, message):
+    with pytest.raises(ConfigError, match=message):
+        compare_settings_from_dict(tiny_config(tmp_path, sweep=sweep))
+
+
+def test_equal_compute_scales_each_variants_steps_by_its_flops(tmp_path):
+    variants = {"reference": {"attention_kind": "standard"}, "pna": {"attention_kind": "pna"}}
+    settings = compare_settings_from_dict(tiny_config(tmp_path, variants=variants, equal_compute=True, target_params=80_000,
+                                                      training={**TINY_BASE["training"], "max_steps": 40}))
+    flops = settings.flops_per_token
+    assert flops["pna"] > flops["reference"] > 0
+    steps = {v: settings.run_settings(v, 3).training.max_steps for v in variants}
+    assert steps["reference"] == 40 and steps["pna"] == round(40 * flops["reference"] / flops["pna"]) < 40
+    with pytest.raises(ConfigError, match="equal_compute=True is not allowed"):
+        compare_settings_from_dict(tiny_config(tmp_path, equal_compute=True, training={
+            k: v for k, v in TINY_BASE["training"].items() if k != "max_steps"}))
+
+
+@pytest.mark.slow  # tens of seconds on 2 cores: runs in CI (make test-all)
+def test_a_sweep_runs_every_point_then_the_seeds_at_the_chosen_one_reusing_its_runs(tmp_path, monkeypatch):
+    rates = [1.0e-3, 1.0e-2]
+    config = tiny_config(tmp_path / "runs", sweep={"grid": {"training.learning_rate": rates}, "seeds": [3]})
+    trained = []
+    real_train = ginformer.runs.compare.train
+    monkeypatch.setattr(ginformer.runs.compare, "train",
+                        lambda run, **kw: (trained.append(run.run_dir), real_train(run, **kw))[1])
+    root = run_comparison(compare_settings_from_dict(config))
+    assert len(trained) == 2 * 2 + 2  # 2 variants × 2 rates × seed 3, then seed 4 at each chosen rate
+    for variant in ("gin_half", "gin_two"):
+        losses = {}
+        for rate in rates:
+            events = RunDir(root / variant / f"training.learning_rate={rate:g}" / "seed3").read_metrics()
+            losses[rate] = min(e["val_loss"] for e in events if e["event"] == "eval")
+        best = min(rates, key=losses.get)  # by hand: the lowest validation loss of the sweep's one seed
+        chosen = root / variant / f"training.learning_rate={best:g}"
+        assert (chosen / "seed4" / "eval_val.json").is_file()
+        assert yaml.safe_load((chosen / "seed4" / "config.yaml").read_text())["training"]["learning_rate"] == best
+        sweep_rows = [r for r in read_csv(root / "sweep.csv") if r["variant"] == variant]
+        assert {r["point"]: float(r["mean_metric"]) for r in sweep_rows} == pytest.approx(
+            {f"training.learning_rate={rate:g}": losses[rate] for rate in rates})
+        assert [r["point"] for r in sweep_rows if r["chosen"] == "True"] == [f"training.learning_rate={best:g}"]
+    markdown = (root / "summary.md").read_text()
+    assert "## Sweep" in markdown and "**chosen** (edge of the grid: training.learning_rate)" in markdown
+    assert (root / "figures" / "sweep_training.learning_rate.png").is_file()
+    assert len(read_csv(root / "runs.csv")) == 4  # the seeds at the chosen points only

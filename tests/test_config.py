@@ -182,7 +182,7 @@ def test_shipped_configs_load(name):
 def test_every_shipped_run_config_loads_with_its_command_and_is_package_data():
     """Every configs/*.yaml is either a run config (pretrain or finetune) or a compare config, and the installed
     package lists the same files, so `--config NAME.yaml` works outside a checkout."""
-    from ginformer.runs.compare import load_compare_settings
+    from ginformer.runs.compare_config import load_compare_settings
 
     names = sorted(p.name for p in CONFIGS.glob("*.yaml"))
     assert bundled_configs() == names
@@ -289,7 +289,7 @@ def test_cli_resume_and_overwrite_exclude_each_other():
 
 
 def test_a_key_written_twice_is_an_error_naming_the_key_and_both_lines(tmp_path):
-    from ginformer.runs.compare import load_compare_settings
+    from ginformer.runs.compare_config import load_compare_settings
 
     path = tmp_path / "run.yaml"
     path.write_text("training:\n  run_name: first\n  max_steps: 3\n  run_name: second\n")

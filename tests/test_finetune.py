@@ -20,14 +20,9 @@ from ginformer.adapter.lora import lora_target_modules, lora_trainable_count
 from ginformer.cli import main
 from ginformer.data.instruct import PAPER_END, conversation, encode_generation_prompt
 from ginformer.data.reasoning import load_gsm8k
-from ginformer.runs.compare import (
-    BASELINE,
-    _mean_history,
-    compare_settings_from_dict,
-    pending_runs,
-    run_comparison,
-    run_summary,
-)
+from ginformer.runs.compare import pending_runs, run_comparison
+from ginformer.runs.compare_config import BASELINE, compare_settings_from_dict
+from ginformer.runs.summary import mean_history, run_summary
 from ginformer.runs.config import load_run_settings
 from ginformer.runs.evaluate import evaluate_run
 from ginformer.generation import generate_batched
@@ -378,7 +373,7 @@ def test_run_summary_and_lambda_history():
     assert history[1] == (1, [0.05, 0.0])
     other = run_summary("sg", 1, _events("sparse-gin", [[0.0, 0.1], [0.3, 0.0], [0.1, 0.3]],
                                          [8.0, 4.0, 5.0], [2.0, 1.5, 1.0]), {"scores": {}})
-    mean = _mean_history([run.graph["lambda"], other.graph["lambda"]])
+    mean = mean_history([run.graph["lambda"], other.graph["lambda"]])
     assert mean[1] == (1, pytest.approx([0.025, 0.05])) and mean[-1] == (3, pytest.approx([0.2, 0.2]))
     frozen = [{"event": "start", "step": 0, "parameters": 0, "graph": {}},
               {"event": "eval", "step": 0, "val_loss": math.log(7.0), "val_perplexity": 7.0, "graph": {}}]

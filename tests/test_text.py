@@ -13,7 +13,8 @@ from transformers import AutoTokenizer
 
 from ginformer.cli import main
 from ginformer.data.text import PackedBlocks
-from ginformer.runs.compare import compare_settings_from_dict, run_comparison
+from ginformer.runs.compare import run_comparison
+from ginformer.runs.compare_config import compare_settings_from_dict
 from ginformer.runs.config import load_run_settings
 from ginformer.runs.evaluate import evaluate_run, load_run
 from ginformer.errors import ConfigError

@@ -121,16 +121,14 @@ def _compare_arguments(parser: argparse.ArgumentParser) -> None:
     )
     _comparison_options(parser)
     parser.add_argument("--only", action="append", default=[], metavar="VARIANT[/seedK]",
-                        help="train and evaluate only these runs (repeatable), e.g. to share a GPU between "
-                        "processes; the summary is written once every run is done")
+                        help="train and evaluate only these runs (repeatable; a sweep's run is "
+                        "VARIANT/POINT/seedK), e.g. to share a GPU between processes; the summary is written once "
+                        "every run is done")
 
 
 def _compare(args: argparse.Namespace) -> None:
-    from ginformer.runs.compare import (
-        load_compare_settings,
-        pending_runs,
-        run_comparison,
-    )
+    from ginformer.runs.compare import pending_runs, run_comparison
+    from ginformer.runs.compare_config import load_compare_settings
 
     settings = load_compare_settings(args.config, args.overrides)
     root = run_comparison(settings, overwrite=args.overwrite, only=args.only)

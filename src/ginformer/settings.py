@@ -63,25 +63,32 @@ def load_yaml(text: str, where: str) -> Any:
 
 
 def build_settings(cls: type, values: Any, where: str):
-    """`cls(**values)` with unknown keys refused, each value checked against its annotation (nested dataclasses
-    built the same way), and the class's own ValueError reported as a ConfigError naming `where`."""
-    values = section_mapping(values, where)
+    """`cls(**values)` with unknown and missing keys refused, each value checked against its annotation (nested
+    dataclasses built the same way), and the class's own ValueError reported as a ConfigError naming `where` (""
+    for a whole config, whose keys are named alone)."""
+    values = section_mapping(values, where or "config")
     hints = typing.get_type_hints(cls)
-    allowed = [f.name for f in dataclasses.fields(cls)]
+    fields = dataclasses.fields(cls)
+    allowed = [f.name for f in fields]
     checked = {}
     for key, value in values.items():
+        name = f"{where}.{key}" if where else key
         if key not in allowed:
-            raise ConfigError(unknown_key_message(f"key in '{where}'", f"{where}.{key}", allowed))
+            raise ConfigError(unknown_key_message(f"key in '{where}'" if where else "key", name, allowed))
         if dataclasses.is_dataclass(hints[key]):
-            checked[key] = build_settings(hints[key], value, f"{where}.{key}")
+            checked[key] = build_settings(hints[key], value, name)
         else:
-            checked[key] = coerce(value, hints[key], f"{where}.{key}")
+            checked[key] = coerce(value, hints[key], name)
+    required = [f.name for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [key for key in required if key not in checked]
+    if missing:
+        raise ConfigError(f"{where or 'the config'} misses {', '.join(missing)}; it needs {', '.join(required)}")
     try:
         return cls(**checked)
     except ConfigError:
         raise
     except ValueError as err:
-        raise ConfigError(f"{where}: {err}") from None
+        raise ConfigError(f"{where}: {err}" if where else str(err)) from None
 
 
 def section_mapping(values: Any, where: str) -> dict[str, Any]:
