@@ -63,7 +63,8 @@ compare() {
     local runs
     runs=$($PY - "$config" "${sets[@]}" <<'PY'
 import sys
-from ginformer.runs.compare import load_compare_settings, pending_runs
+from ginformer.runs.compare import pending_runs
+from ginformer.runs.compare_config import load_compare_settings
 config, sets = sys.argv[1], sys.argv[2:]
 print(" ".join(pending_runs(load_compare_settings(config, [v for k, v in zip(sets[::2], sets[1::2])]))))
 PY
