@@ -23,6 +23,6 @@ def test_the_wheel_carries_every_config_and_bundled_file(tmp_path):
             if p.is_file() and "__pycache__" not in p.parts}
     assert configs and configs <= names
     assert "ginformer/bundled/tinyshakespeare/input.txt" in data and data <= names
-    assert {"ginformer/runs/train.py", "ginformer/tasks/text.py", "ginformer/viz/plots.py"} <= names
+    assert {"ginformer/runs/train.py", "ginformer/tasks/text.py", "ginformer/viz/run_figures.py"} <= names
     explorer = {f"ginformer/viz/explorer/explorer.{ext}" for ext in ("html", "css", "js")}  # inlined into every page
     assert explorer <= names

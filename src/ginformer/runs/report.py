@@ -31,7 +31,7 @@ from ginformer.runs.summary import (
     mean_std,
     value,
 )
-from ginformer.viz import plots
+from ginformer.viz import run_figures
 
 FIGURES_DIR = "figures"
 
@@ -234,51 +234,51 @@ def write_figures(settings: CompareSettings, results: Results, task_columns) -> 
     runs, base, curves = results.runs, results.base, results.curves
     groups = group_by_variant(runs)
     paths = []
-    paths += plots.plot_curves(curves["train_loss"], "training loss", out / "train_loss",
+    paths += run_figures.plot_curves(curves["train_loss"], "training loss", out / "train_loss",
                                title="Training loss (thin: seeds)")
-    paths += plots.plot_curves(curves["val_perplexity"], "validation perplexity", out / "val_perplexity",
+    paths += run_figures.plot_curves(curves["val_perplexity"], "validation perplexity", out / "val_perplexity",
                                title="Validation perplexity (thin: seeds)")
     by_flops = _against_flops(settings, curves["val_perplexity"])
     if by_flops:
-        paths += plots.plot_curves(by_flops, "validation perplexity", out / "val_perplexity_vs_flops",
+        paths += run_figures.plot_curves(by_flops, "validation perplexity", out / "val_perplexity_vs_flops",
                                    xlabel="training FLOPs", title="Validation perplexity against compute (thin: seeds)")
     bars = {v: [r.min_val_perplexity for r in g] for v, g in groups.items()}
     if base is not None:
         bars[f"{BASELINE} (frozen)"] = [base.min_val_perplexity]
-    paths += plots.plot_bars(bars, "minimum validation perplexity", out / "min_val_perplexity",
+    paths += run_figures.plot_bars(bars, "minimum validation perplexity", out / "min_val_perplexity",
                              title="Minimum validation perplexity (bar: mean, line: ± std, dots: seeds)")
-    paths += plots.plot_bars({v: [r.min_train_loss for r in g] for v, g in groups.items()},
+    paths += run_figures.plot_bars({v: [r.min_train_loss for r in g] for v, g in groups.items()},
                              "minimum training loss", out / "min_train_loss", fmt=".4f", title="Minimum training loss")
-    paths += plots.plot_generalisation_gap({v: [r.min_train_loss for r in g] for v, g in groups.items()},
+    paths += run_figures.plot_generalisation_gap({v: [r.min_train_loss for r in g] for v, g in groups.items()},
                                            {v: [r.min_val_loss for r in g] for v, g in groups.items()},
                                            out / "generalisation_gap")
     for column in task_columns:
         scored = {v: [r.scores[column.key] for r in g] for v, g in groups.items() if column.key in g[0].scores}
         if column.figure and scored:
-            paths += plots.plot_bars(scored, column.header, out / f"score_{column.key}", fmt=column.fmt,
+            paths += run_figures.plot_bars(scored, column.header, out / f"score_{column.key}", fmt=column.fmt,
                                      title=f"{column.header} of the final models")
     for key in sorted({key for r in runs for key in r.graph}):
         symbol = SYMBOLS.get(key, key)
         final = {v: mean_per_layer([r.graph[key][-1][1] for r in g]) for v, g in groups.items() if key in g[0].graph}
-        paths += plots.plot_per_layer(final, f"{symbol} at the end of training", out / f"{key}_per_layer",
+        paths += run_figures.plot_per_layer(final, f"{symbol} at the end of training", out / f"{key}_per_layer",
                                       title=f"Learned {symbol} per layer (mean over seeds)")
         for variant, group in groups.items():
             history = mean_history([r.graph.get(key, []) for r in group])
             if len(history) >= 2 and history[0][1] != history[-1][1] and None not in history[0][1]:
                 title = f"{symbol} per layer over training: {variant} (mean over seeds)"
-                paths += plots.plot_scalar_heatmap(history, out / f"{key}_over_training_{variant}", symbol=symbol,
+                paths += run_figures.plot_scalar_heatmap(history, out / f"{key}_over_training_{variant}", symbol=symbol,
                                                    title=title)
-                paths += plots.plot_scalar_summary(history, out / f"{key}_summary_{variant}", symbol=symbol,
+                paths += run_figures.plot_scalar_summary(history, out / f"{key}_summary_{variant}", symbol=symbol,
                                                    title=f"{symbol}: {variant}")
     gamma = _gamma_points(settings, groups)
     if len({x for points in gamma.values() for x, _ in points}) >= 2:
-        paths += plots.plot_metric_vs(gamma, "GIN MLP multiplier γ", "minimum validation perplexity",
+        paths += run_figures.plot_metric_vs(gamma, "GIN MLP multiplier γ", "minimum validation perplexity",
                                       out / "val_perplexity_vs_gamma", title="Validation perplexity against γ")
     for key, values in settings.sweep.grid.items():
         numeric = len(values) > 1 and all(isinstance(v, (int, float)) and v > 0 for v in values)
         if numeric:
             points = {v: [(p[key], mean) for p, mean in c.means] for v, c in results.sweeps.items()}
-            paths += plots.plot_metric_vs(points, key, f"{settings.sweep.metric} (mean of sweep seeds)",
+            paths += run_figures.plot_metric_vs(points, key, f"{settings.sweep.metric} (mean of sweep seeds)",
                                           out / f"sweep_{key}", title=f"Sweep of {key}", power_fit=False)
     return paths
 

@@ -1,2 +1,2 @@
-"""Seeing attention as graphs: `attention_graphs` captures the adjacencies a text induces in any model, `plots`
-draws every figure of the package in one style."""
+"""Seeing attention as graphs: `attention_graphs` captures the adjacencies a text induces in any model and
+`graph_figures` draws them; `run_figures` draws training runs and comparisons, both in the style of `style`."""

@@ -146,7 +146,7 @@ def draw_attention_graphs(request: GraphRequest) -> Drawn:
     explorer page (module docstring)."""
     from ginformer.adapter import SparseGINModel
     from ginformer.adapter.model import decoder_layers
-    from ginformer.viz import plots
+    from ginformer.viz import graph_figures
     from ginformer.viz.attention_graphs import (
         STAGES, adjacency_graph, attention_graphs, resolve_window, select_layers, write_graph,
     )
@@ -193,21 +193,21 @@ def draw_attention_graphs(request: GraphRequest) -> Drawn:
         kind = graphs.kinds[layer] + (" + Sparse-GIN adapter" if loaded.adapter else "")
         stem = out / f"layer{layer:02d}"
         note(
-            plots.plot_head_grid(
+            graph_figures.plot_head_grid(
                 graphs.heads[layer], tokens, f"{stem}_heads", f"layer {layer}: {kind}", offset, request.gamma
             ),
             f"layer {layer}: every head's adjacency (Fig. 2A)",
         )
         if request.head is not None:
             note(
-                plots.plot_adjacency(
+                graph_figures.plot_adjacency(
                     graphs.head(layer, request.head), tokens, f"{stem}_head{request.head}",
                     f"layer {layer}, head {request.head}: {kind}", offset, gamma=request.gamma,
                 ),
                 f"layer {layer}: head {request.head}'s adjacency",
             )
         note(
-            plots.plot_adjacency(
+            graph_figures.plot_adjacency(
                 graphs.summed(layer), tokens, f"{stem}_summed", f"layer {layer}: sum over {heads} heads", offset,
                 gamma=request.gamma, colorbar_label="summed edge weight",
             ),
@@ -216,7 +216,7 @@ def draw_attention_graphs(request: GraphRequest) -> Drawn:
         settings = dataclasses.replace(graphs.settings(layer), **overrides)
         stages = graphs.stages(layer, settings)
         note(
-            plots.plot_stages(
+            graph_figures.plot_stages(
                 {f"{name}\n{STAGES[name]}": matrix for name, matrix in stages.items()}, tokens, f"{stem}_stages",
                 f"layer {layer}: Sparse-GIN stages "
                 f"(α={settings.alpha:g}, τ={settings.tau:g}, ε={settings.epsilon:g})",
@@ -225,7 +225,7 @@ def draw_attention_graphs(request: GraphRequest) -> Drawn:
             f"layer {layer}: Sparse-GIN stages, sum and clamp → sigmoid → ε-threshold → causal mask (Fig. 15)",
         )
         note(
-            plots.plot_causal_graph(
+            graph_figures.plot_causal_graph(
                 graphs.to_networkx(layer, request.head, top_k=request.top_k), f"{stem}_graph",
                 f"layer {layer}, {source}: the {request.top_k} strongest incoming edges per token",
                 layout=request.layout,
