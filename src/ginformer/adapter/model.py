@@ -39,7 +39,7 @@ from transformers.cache_utils import (
     StaticSlidingWindowLayer,
 )
 
-from ginformer.errors import CheckpointError, ModelRefused, NotMergeable
+from ginformer.errors import CheckpointError, ConfigError, ModelRefused, NotMergeable
 from ginformer.graph import causal_mask
 
 from .adjacency import AttentionInputs
@@ -270,10 +270,13 @@ def _initial_scale(config: SparseGINConfig, layer: int, num_layers: int) -> floa
 def new_branches(model: PreTrainedModel, config: SparseGINConfig, hosts: list[HostLayer]) -> list[SparseGINLayer]:
     """One adapter's branches for `model`: a SparseGINLayer per adapted layer, on the model's device."""
     hidden_size = model.config.get_text_config().hidden_size
-    device = next(model.parameters()).device
     num_layers = len(decoder_layers(model))
-    return [SparseGINLayer(hidden_size, config, _initial_scale(config, host.index, num_layers)).to(device)
-            for host in hosts]
+    layers = [SparseGINLayer(hidden_size, config, _initial_scale(config, host.index, num_layers)) for host in hosts]
+    if any(param.is_meta for layer in layers for param in layer.parameters()):
+        raise ConfigError("Sparse-GIN branches are created with their weights (they are small), not on the meta "
+                          "device: leave low_cpu_mem_usage False and create the adapter outside init_empty_weights")
+    device = next(model.parameters()).device
+    return [layer.to(device) for layer in layers]
 
 
 class Wiring:
