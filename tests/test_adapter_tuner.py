@@ -2,6 +2,8 @@
 that switch, disable and delete exactly, saving and loading a chosen one (in the files SparseGINModel reads and
 writes too), and the LoRA-only operations refused with the reason."""
 
+import json
+
 import peft
 import pytest
 import torch
@@ -226,3 +228,17 @@ def test_graph_adjacency_and_cached_generation_run_as_on_sparse_gin_model(tmp_pa
     generated = model.generate(input_ids=IDS[:1], **kwargs)
     assert torch.equal(generated, single.generate(input_ids=IDS[:1], **kwargs))
     assert torch.equal(generated, model.generate(input_ids=IDS[:1], use_cache=False, **kwargs))
+
+
+def test_both_faces_describe_an_adapter_alike(tmp_path):
+    """The base is named as its config names it ("smollm2" for the bundled base, whose weights are read from the
+    GGUF package's directory: peft's base_model_name_or_path), so the adapter loads back by that name."""
+    def named_base():
+        base = tiny_base()
+        base.config._name_or_path, base.name_or_path = "bundled", "/where/its/weights/were/read"
+        return base
+
+    peft.get_peft_model(named_base(), config()).save_pretrained(tmp_path / "peft")
+    get_sparse_gin_model(named_base(), config().sparse_gin_config()).save_pretrained(tmp_path / "single")
+    described = [json.loads((tmp_path / face / "adapter_config.json").read_text()) for face in ("peft", "single")]
+    assert described[0] == described[1] and described[0]["base_model_name_or_path"] == "bundled"

@@ -86,9 +86,11 @@ class SparseGINPeftConfig(SparseGINConfig, PeftConfig):
         if self.base_model_fingerprint is None:
             raise ConfigError("a SparseGINPeftConfig is saved with its adapter, once attached to a base "
                               "(peft.get_peft_model): alone it does not know the base")
+        # The base's name as its config gives it, as SparseGINModel records it ("smollm2" for the bundled base);
+        # peft's base_model_name_or_path is where its weights were read from (the GGUF package's path, there).
         write_description(Path(save_directory), describe(
-            self.sparse_gin_config().to_dict(), self.base_model_name_or_path, self.base_model_fingerprint,
-            self.base_attn_implementation, self.adapted_layers))
+            self.sparse_gin_config().to_dict(), self.base_model_fingerprint["name_or_path"],
+            self.base_model_fingerprint, self.base_attn_implementation, self.adapted_layers))
 
     @classmethod
     def from_json_file(cls, path_json_file: str, **kwargs: Any) -> dict[str, Any]:
