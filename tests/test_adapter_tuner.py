@@ -159,7 +159,9 @@ def test_an_adapter_for_another_base_or_with_other_weights_is_refused(tmp_path):
     weights = load_file(str(tmp_path / "adapter_model.safetensors"))
     for damage, match in ((lambda w: w.pop("adapters.1.in_proj.weight"), "missing.*1.in_proj.weight"),
                           (lambda w: w.update({"adapters.7.bias": torch.zeros(8)}), "for no branch.*adapters.7.bias"),
-                          (lambda w: w.update({"adapters.0.bias": torch.zeros(5)}), "shapes differ.*saved \\(5,\\)")):
+                          (lambda w: w.update({"adapters.0.bias": torch.zeros(5)}), "shapes differ.*saved \\(5,\\)"),
+                          (lambda w: w.update({"q_proj.lora_A.weight": torch.zeros(2, 32)}),
+                           "not Sparse-GIN adapter keys: \\['q_proj.lora_A.weight'\\]")):
         damaged = dict(weights)
         damage(damaged)
         save_file(damaged, str(tmp_path / "adapter_model.safetensors"))

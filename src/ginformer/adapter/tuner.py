@@ -225,12 +225,11 @@ class SparseGINTuner(BaseTuner):
         remapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
         own = f".{BRANCHES}.{_DICT}.{adapter_name}."
         expected = {key: value for key, value in model.state_dict().items() if own in f".{key}"}
-        unknown = sorted(key for key in state_dict if cls._remove_adapter_name_from_key(key, adapter_name) == key
-                         and not key.startswith(ADAPTER_PREFIX))
+        unknown = sorted(key for key in state_dict if not key.startswith(ADAPTER_PREFIX))  # a LoRA's, say
         missing = sorted(set(expected) - set(remapped))
         shapes = sorted(f"{key}: saved {tuple(remapped[key].shape)} vs {tuple(value.shape)}"
                         for key, value in expected.items() if key in remapped and remapped[key].shape != value.shape)
-        extra = sorted(key for key in remapped if key not in expected)
+        extra = sorted(key for key in remapped if key not in expected and key.startswith(ADAPTER_PREFIX))
         if unknown or missing or shapes or extra:
             details = "; ".join(f"{what}: {keys[:3]}" for what, keys in (
                 ("not Sparse-GIN adapter keys", unknown), ("missing", missing), ("shapes differ", shapes),
