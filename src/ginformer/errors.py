@@ -11,6 +11,8 @@ caller would catch without knowing ginformer (ValueError, FileNotFoundError, ...
     MissingInput      a file or directory the user named is not there
     OutputInTheWay    something already stands where a result would be written
     MissingExtra      an optional dependency (an extra of the package) is not installed
+    NotMergeable      an operation that folds an adapter into the base weights (LoRA's merge), which a nonlinear
+                      adapter such as Sparse-GIN cannot be
 """
 
 
@@ -43,4 +45,9 @@ class OutputInTheWay(GinformerError, FileExistsError):
 
 
 class MissingExtra(GinformerError, ModuleNotFoundError):
+    pass
+
+
+class NotMergeable(GinformerError, NotImplementedError):
+    # NotImplementedError: what peft's own tuner layers raise from `merge` when a method cannot merge.
     pass

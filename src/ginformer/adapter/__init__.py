@@ -34,12 +34,18 @@ Usage, as with peft:
     model = AutoSparseGINModelForCausalLM.from_pretrained("runs/x/adapter")  # loads the base it names, too
     with model.disable_adapter(): ...                # the base model's outputs
     base = model.unload()
+
+The same adapter is also a peft method (tuner.py): `peft.get_peft_model(base, SparseGINPeftConfig(...))` is a real
+`peft.PeftModel`, with named adapters, and it is what TRL's preference trainers (DPO, GRPO, KTO, RLOO) need to use
+the frozen base as their reference: pass `peft_config=SparseGINPeftConfig(...)` with the base model. Both faces
+write and read the same files. Neither can be merged into the base weights (NotMergeable says why).
 """
 
 from .adjacency import AttentionInputs, allowed_edges, head_aggregated_attention, sparse_adjacency
 from .auto import AutoSparseGINModelForCausalLM
 from .config import SparseGINConfig
 from .layer import SparseGINLayer
+from .tuner import SparseGINBranches, SparseGINPeftConfig, SparseGINTuner
 from .model import (
     LayerGraph,
     SparseGINModel,
@@ -52,9 +58,12 @@ __all__ = [
     "AttentionInputs",
     "AutoSparseGINModelForCausalLM",
     "LayerGraph",
+    "SparseGINBranches",
     "SparseGINConfig",
     "SparseGINLayer",
     "SparseGINModel",
+    "SparseGINPeftConfig",
+    "SparseGINTuner",
     "allowed_edges",
     "get_sparse_gin_model",
     "head_aggregated_attention",

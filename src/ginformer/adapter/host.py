@@ -94,7 +94,7 @@ def _attention_function(inner: str):
         run = ALL_ATTENTION_FUNCTIONS["sdpa"] if inner == "sdpa" else eager_attention_of(module)
         output, weights = run(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
         tap, recorded = getattr(module, TAP, None), _recorded.get()
-        if tap is not None and tap.shared.enabled:
+        if tap is not None and tap.adapter is not None:
             tap.attention = attention_inputs(query, key, attention_mask, scaling, kwargs)
         if recorded is not None:  # the probe: no adapter is installed yet
             unread = {name: value for name, value in kwargs.items()

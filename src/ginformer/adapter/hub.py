@@ -8,7 +8,9 @@ of the two layouts an adapter is written in, and the model card beside it.
 
 Trainer writes the state dict of any module that is not a transformers or peft model, so a Sparse-GIN checkpoint
 describes itself without a Trainer subclass; both layouts load with `SparseGINModel.from_pretrained` and
-`AutoSparseGINModelForCausalLM.from_pretrained`.
+`AutoSparseGINModelForCausalLM.from_pretrained`. peft writes the first layout too, for a Sparse-GIN adapter it wraps
+(adapter/tuner.py: `PeftModel.save_pretrained`, and Trainer's checkpoints of a PeftModel), and reads it back with
+`PeftModel.from_pretrained`: adapter_config.json names the adapter's `peft_type`, and the weights' keys are the same.
 """
 
 from __future__ import annotations
@@ -31,6 +33,26 @@ TRAINER_WEIGHTS_NAME = "model.safetensors"  # what Trainer names the state dict 
 MODEL_CARD_NAME = "README.md"
 EXTRA_STATE_KEY = "_extra_state"  # nn.Module's key for get_extra_state(), at the root of the state dict
 ADAPTER_TYPE = "sparse_gin"
+PEFT_TYPE = "SPARSE_GIN"  # the adapter's type in peft's registries (adapter/tuner.py)
+
+
+def describe(config: dict[str, Any], base_name: str | None, base_model: dict[str, Any], attn_implementation: str,
+             adapted_layers: list[int]) -> dict[str, Any]:
+    """What adapter_config.json holds: the adapter's config and the base it was trained on (peft's key names it)."""
+    return {
+        "adapter_type": ADAPTER_TYPE,
+        "peft_type": PEFT_TYPE,
+        "base_model_name_or_path": base_name,
+        "config": config,
+        "base_model": base_model,
+        "attn_implementation": attn_implementation,
+        "adapted_layers": adapted_layers,
+    }
+
+
+def write_description(directory: Path, payload: dict[str, Any]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / CONFIG_NAME).write_text(json.dumps(payload, indent=2) + "\n")
 
 
 def encode_payload(payload: dict[str, Any]) -> Tensor:
@@ -84,16 +106,21 @@ def resolve_adapter_dir(
     return Path(snapshot)
 
 
+def read_description(config_file: Path) -> dict[str, Any]:
+    """The description in an adapter_config.json, checked to be a Sparse-GIN adapter's."""
+    try:
+        payload = json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{config_file} is not valid JSON: {err}") from None
+    check_adapter_type(payload, str(config_file))
+    return payload
+
+
 def read_adapter(directory: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """(description, adapter tensors) of an adapter saved in either layout (module docstring)."""
     config_file = directory / CONFIG_NAME
     if config_file.is_file():
-        try:
-            payload = json.loads(config_file.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise CheckpointError(f"{config_file} is not valid JSON: {err}") from None
-        check_adapter_type(payload, str(config_file))
-        return payload, _load_tensors(directory / WEIGHTS_NAME)
+        return read_description(config_file), _load_tensors(directory / WEIGHTS_NAME)
     trainer_file = directory / TRAINER_WEIGHTS_NAME
     if trainer_file.is_file():
         tensors = _load_tensors(trainer_file)

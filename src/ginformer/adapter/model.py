@@ -19,13 +19,12 @@ adapted models never share anything but the two stateless attention functions.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from safetensors.torch import save_file
 from torch import Tensor, nn
@@ -40,22 +39,22 @@ from transformers.cache_utils import (
     StaticSlidingWindowLayer,
 )
 
-from ginformer.errors import CheckpointError, ModelRefused
+from ginformer.errors import CheckpointError, ConfigError, ModelRefused, NotMergeable
 from ginformer.graph import causal_mask
 
 from .adjacency import AttentionInputs
 from .config import SparseGINConfig
 from .host import TAP, WRAPPED, HostLayer, HostMismatch, decoder_layers, family, probe, unprobed
 from .hub import (
-    ADAPTER_TYPE,
-    CONFIG_NAME,
     MODEL_CARD_NAME,
     WEIGHTS_NAME,
     decode_payload,
+    describe,
     encode_payload,
     model_card,
     read_adapter,
     resolve_adapter_dir,
+    write_description,
 )
 from .layer import SparseGINLayer
 
@@ -77,9 +76,12 @@ class LayerGraph:
 @dataclass
 class _Shared:
     num_layers: int
-    enabled: bool = True
     graph_adjacency: Tensor | None = None
     record: Callable[[LayerGraph], None] | None = None  # where capture_adjacency sends each layer's graph
+
+
+# Which branch an adapted layer runs, by its position among the adapted layers: None while the adapter is off.
+Branches = Callable[[int], SparseGINLayer | None]
 
 
 @dataclass
@@ -87,14 +89,21 @@ class _SparseGINTap:
     """One decoder layer's link to its adapter, plus what one forward call passes between hooks."""
 
     host: HostLayer
-    adapter: SparseGINLayer
+    position: int  # among the adapted layers
+    branches: Branches
     shared: _Shared
     hidden: Tensor | None = None
     cache: Any = None
     attention: AttentionInputs | None = None
     delta: Tensor | None = None
 
-    def branch(self, x: Tensor) -> Tensor:
+    @property
+    def adapter(self) -> SparseGINLayer | None:
+        """The branch this layer runs now; asked on every call, so switching or disabling adapters takes effect at
+        the next forward."""
+        return self.branches(self.position)
+
+    def branch(self, adapter: SparseGINLayer, x: Tensor) -> Tensor:
         index = self.host.index
         if self.attention is None:
             raise RuntimeError(f"layer {index}: its attention did not run through the Sparse-GIN attention")
@@ -103,7 +112,7 @@ class _SparseGINTap:
             extend = partial(_extend_features, self.cache, index, self.shared.num_layers)
             attention = _positioned(attention, self.cache, getattr(self.host.attention, "layer_idx", index))
         record = self.shared.record
-        delta, graph = self.adapter(x, attention, extend, self.shared.graph_adjacency, record is not None)
+        delta, graph = adapter(x, attention, extend, self.shared.graph_adjacency, record is not None)
         if record is not None:
             record(LayerGraph(index, *(tensor.detach() for tensor in graph)))
         self.attention = None
@@ -155,7 +164,7 @@ def _extend_features(cache: Any, layer: int, num_layers: int, z: Tensor) -> Tens
 
 
 def _before_layer(tap: _SparseGINTap, module: nn.Module, args: tuple, kwargs: dict) -> None:
-    if tap.shared.enabled:
+    if tap.adapter is not None:
         tap.hidden = args[0] if args else kwargs["hidden_states"]
         # Most families pass the cache by keyword, GPT-2 by position.
         tap.cache = next((value for value in (*args, *kwargs.values()) if isinstance(value, Cache)), None)
@@ -163,12 +172,13 @@ def _before_layer(tap: _SparseGINTap, module: nn.Module, args: tuple, kwargs: di
 
 def _after_writer(tap: _SparseGINTap, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
     """After the module that writes the attention's output w into the stream (the attention or a norm after it)."""
-    if not tap.shared.enabled:
+    adapter = tap.adapter
+    if adapter is None:
         return None
     written = output[0] if isinstance(output, tuple) else output
     scale = tap.host.stream_scale
-    delta = tap.branch(tap.hidden + scale * written)  # X = h + c·w, the residual stream after attention
-    if tap.adapter.config.placement == "parallel":
+    delta = tap.branch(adapter, tap.hidden + scale * written)  # X = h + c·w, the residual stream after attention
+    if adapter.config.placement == "parallel":
         tap.delta = delta
         return None
     # after_attention: the stream becomes h + c·(w + delta / c) = X + delta. tap.hidden stays: under gradient
@@ -180,13 +190,14 @@ def _after_writer(tap: _SparseGINTap, module: nn.Module, args: tuple, kwargs: di
 
 
 def _after_layer(tap: _SparseGINTap, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
-    if not tap.shared.enabled:
+    adapter = tap.adapter
+    if adapter is None:
         return None
     hidden = output[0] if isinstance(output, tuple) else output
-    if tap.adapter.config.placement == "parallel":
+    if adapter.config.placement == "parallel":
         hidden = hidden + tap.delta
     else:
-        hidden = hidden + tap.branch(hidden)  # after_mlp: X = the layer's output
+        hidden = hidden + tap.branch(adapter, hidden)  # after_mlp: X = the layer's output
     tap.cache = tap.delta = None  # tap.hidden stays for a checkpointed layer's recomputation (_after_writer)
     return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
@@ -256,13 +267,25 @@ def _initial_scale(config: SparseGINConfig, layer: int, num_layers: int) -> floa
     return config.scale_max * layer / max(num_layers - 1, 1)
 
 
-class SparseGINModel(nn.Module):
-    """A frozen base causal LM with a Sparse-GIN branch in every decoder layer."""
+def new_branches(model: PreTrainedModel, config: SparseGINConfig, hosts: list[HostLayer]) -> list[SparseGINLayer]:
+    """One adapter's branches for `model`: a SparseGINLayer per adapted layer, on the model's device."""
+    hidden_size = model.config.get_text_config().hidden_size
+    num_layers = len(decoder_layers(model))
+    layers = [SparseGINLayer(hidden_size, config, _initial_scale(config, host.index, num_layers)) for host in hosts]
+    if any(param.is_meta for layer in layers for param in layer.parameters()):
+        raise ConfigError("Sparse-GIN branches are created with their weights (they are small), not on the meta "
+                          "device: leave low_cpu_mem_usage False and create the adapter outside init_empty_weights")
+    device = next(model.parameters()).device
+    return [layer.to(device) for layer in layers]
 
-    def __init__(self, model: PreTrainedModel, config: SparseGINConfig, probe_host: bool = True) -> None:
-        """`probe_host=False` skips the check that the adapter's graph and residual stream are the host's own
-        (host.py) and assumes them: unsafe on any family it was not checked on."""
-        super().__init__()
+
+class Wiring:
+    """What adapting a base changes in it, all undone by `remove`: a tap on each adapted attention module, hooks on
+    its decoder layers (and on the module that writes each attention's output into the stream), its attention
+    implementation, and its parameters' requires_grad (frozen). SparseGINModel (one adapter) and peft's
+    SparseGINTuner (named adapters, tuner.py) each own one; `branches` says which branch a layer runs."""
+
+    def __init__(self, model: PreTrainedModel, placement: str, branches: Branches, probe_host: bool = True) -> None:
         layers = decoder_layers(model)
         if any(hasattr(module, TAP) for module in model.modules()):
             raise ValueError("this model already carries a Sparse-GIN adapter: unload() it first")
@@ -273,31 +296,61 @@ class SparseGINModel(nn.Module):
         if not model._can_set_attn_implementation():
             raise HostMismatch(f"{family(model)}: {type(model).__name__} does not route attention through "
                                "transformers' attention interface, so Sparse-GIN cannot see its graph")
-        hosts = probe(model, config.placement) if probe_host else unprobed(model)
-        self.pretrained_model = model
-        self.sparse_gin_config = config
-        self.host_layers = hosts
-        self._base_attn = attn
+        self.hosts = probe(model, placement) if probe_host else unprobed(model)
+        self.model = model
+        self.placement = placement
+        self.base_attn = attn
+        self.shared = _Shared(num_layers=len(layers))
         self._requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
         model.requires_grad_(False)
-
-        hidden_size = model.config.get_text_config().hidden_size
-        device = next(model.parameters()).device
-        self.adapters = nn.ModuleList(
-            SparseGINLayer(hidden_size, config, _initial_scale(config, host.index, len(layers))).to(device)
-            for host in hosts
-        )
-        self._shared = _Shared(num_layers=len(layers))
         self._handles = []
-        for host, adapter in zip(hosts, self.adapters):
-            tap = _SparseGINTap(host, adapter, self._shared)
+        for position, host in enumerate(self.hosts):
+            tap = _SparseGINTap(host, position, branches, self.shared)
             setattr(host.attention, TAP, tap)
             self._handles.append(host.layer.register_forward_pre_hook(partial(_before_layer, tap), with_kwargs=True))
-            if config.placement != "after_mlp":
+            if placement != "after_mlp":
                 self._handles.append(host.writer.register_forward_hook(partial(_after_writer, tap), with_kwargs=True))
-            if config.placement != "after_attention":
+            if placement != "after_attention":
                 self._handles.append(host.layer.register_forward_hook(partial(_after_layer, tap), with_kwargs=True))
         model.set_attn_implementation(WRAPPED[attn])
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        for host in self.hosts:
+            if hasattr(host.attention, TAP):
+                delattr(host.attention, TAP)
+        self.model.set_attn_implementation(self.base_attn)
+        for name, param in self.model.named_parameters():
+            param.requires_grad = self._requires_grad.get(name, param.requires_grad)
+
+
+def refuse_merge(operation: str) -> NoReturn:
+    """What every LoRA-only operation on a Sparse-GIN adapter raises: why it cannot be done, and what to do."""
+    raise NotMergeable(
+        f"{operation}: a Sparse-GIN adapter cannot be merged into the base model's weights. Its branch "
+        "λ·GIN(X, A') is nonlinear in the attention graph A' (a sharpened, thresholded sum of each layer's attention "
+        "probabilities) and in the residual stream X, so no change to the base's weight matrices computes it, as "
+        "LoRA's W + BA does. Keep the adapter attached instead (generate with the adapted model itself: "
+        "use_vllm=False in TRL) and save it with save_pretrained; it loads back onto its base with "
+        "AutoSparseGINModelForCausalLM.from_pretrained(dir) or peft's PeftModel.from_pretrained(base, dir)"
+    )
+
+
+class SparseGINModel(nn.Module):
+    """A frozen base causal LM with a Sparse-GIN branch in every decoder layer."""
+
+    def __init__(self, model: PreTrainedModel, config: SparseGINConfig, probe_host: bool = True) -> None:
+        """`probe_host=False` skips the check that the adapter's graph and residual stream are the host's own
+        (host.py) and assumes them: unsafe on any family it was not checked on."""
+        super().__init__()
+        self._wiring = Wiring(model, config.placement, self._branch, probe_host)
+        self._enabled = True
+        self.pretrained_model = model
+        self.sparse_gin_config = config
+        self.host_layers = self._wiring.hosts
+        self.adapters = nn.ModuleList(new_branches(model, config, self.host_layers))
         # Trainer saves and resumes any module through its state dict: make that the adapter and its config.
         self.register_state_dict_post_hook(_drop_frozen_base)
         self.register_load_state_dict_post_hook(_frozen_base_is_not_missing)
@@ -328,6 +381,9 @@ class SparseGINModel(nn.Module):
             # TRL's fused LM head runs), `config`, `generation_config`, `get_output_embeddings`, ...
             return getattr(self.pretrained_model, name)
 
+    def _branch(self, position: int) -> SparseGINLayer | None:
+        return self.adapters[position] if self._enabled else None
+
     def get_base_model(self) -> PreTrainedModel:
         """The wrapped causal LM (peft's name for it), its decoder layers carrying the adapter's hooks."""
         return self.pretrained_model
@@ -346,11 +402,12 @@ class SparseGINModel(nn.Module):
         Batch fields are named so that transformers' Trainer, which keeps only the dataset columns a
         forward signature names, passes them on.
         """
-        self._shared.graph_adjacency = graph_adjacency
+        shared = self._wiring.shared
+        shared.graph_adjacency = graph_adjacency
         try:
             return self.pretrained_model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
         finally:
-            self._shared.graph_adjacency = None
+            shared.graph_adjacency = None
 
     def generate(self, *args, **kwargs):
         return self.pretrained_model.generate(*args, **kwargs)
@@ -358,11 +415,11 @@ class SparseGINModel(nn.Module):
     @contextlib.contextmanager
     def disable_adapter(self) -> Iterator[None]:
         """Inside, the model computes exactly what its base computes."""
-        self._shared.enabled = False
+        self._enabled = False
         try:
             yield
         finally:
-            self._shared.enabled = True
+            self._enabled = True
 
     @contextlib.contextmanager
     def capture_adjacency(self, record: Callable[[LayerGraph], None] | None = None) -> Iterator[list[LayerGraph]]:
@@ -370,11 +427,12 @@ class SparseGINModel(nn.Module):
         layer's graph goes to it as soon as the layer has run and the list stays empty: a long text's T×T graphs
         need not all be held at once."""
         captured: list[LayerGraph] = []
-        self._shared.record = record or captured.append
+        shared = self._wiring.shared
+        shared.record = record or captured.append
         try:
             yield captured
         finally:
-            self._shared.record = None
+            shared.record = None
 
     def adapter_scales(self) -> list[float]:
         """λ_k per adapted decoder layer, for logging."""
@@ -394,14 +452,8 @@ class SparseGINModel(nn.Module):
 
     def adapter_payload(self) -> dict[str, Any]:
         """What adapter_config.json holds: the config, and the base it was trained on (peft's key names it)."""
-        return {
-            "adapter_type": ADAPTER_TYPE,
-            "base_model_name_or_path": self.pretrained_model.config._name_or_path,
-            "config": self.sparse_gin_config.to_dict(),
-            "base_model": base_fingerprint(self.pretrained_model),
-            "attn_implementation": self._base_attn,
-            "adapted_layers": self.adapted_layers,
-        }
+        return describe(self.sparse_gin_config.to_dict(), self.pretrained_model.config._name_or_path,
+                        base_fingerprint(self.pretrained_model), self._wiring.base_attn, self.adapted_layers)
 
     def get_extra_state(self) -> Tensor:
         """The adapter's description rides in the state dict, so Trainer's checkpoints describe themselves."""
@@ -426,9 +478,8 @@ class SparseGINModel(nn.Module):
         card naming `data` and `metrics` when given. `state_dict` is this model's unless given (a gathered one,
         under FSDP)."""
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         payload = self.adapter_payload()
-        (directory / CONFIG_NAME).write_text(json.dumps(payload, indent=2) + "\n")
+        write_description(directory, payload)
         state_dict = self.state_dict() if state_dict is None else state_dict
         tensors = {key: value.detach().contiguous().cpu() for key, value in state_dict.items() if is_adapter_key(key)}
         save_file(tensors, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
@@ -473,16 +524,18 @@ class SparseGINModel(nn.Module):
 
     def unload(self) -> PreTrainedModel:
         """Remove every trace of the adapter and return the base model, as it was before wrapping."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-        for host in self.host_layers:
-            if hasattr(host.attention, TAP):
-                delattr(host.attention, TAP)
-        self.pretrained_model.set_attn_implementation(self._base_attn)
-        for name, param in self.pretrained_model.named_parameters():
-            param.requires_grad = self._requires_grad.get(name, param.requires_grad)
+        self._wiring.remove()
         return self.pretrained_model
+
+    # peft's LoRA-only operations, refused with the reason rather than left to fail as unknown attributes.
+    def merge_and_unload(self, *args, **kwargs) -> NoReturn:
+        refuse_merge("merge_and_unload")
+
+    def merge_adapter(self, *args, **kwargs) -> NoReturn:
+        refuse_merge("merge_adapter")
+
+    def unmerge_adapter(self, *args, **kwargs) -> NoReturn:
+        refuse_merge("unmerge_adapter")
 
 
 def get_sparse_gin_model(
