@@ -112,8 +112,8 @@ class KHopTask(SyntheticTask):
         return {"accuracy": label_accuracy(predicted, val.labels), **hardest,
                 **{f"accuracy_k{k}": value for k, value in by_k.items()}}
 
-    def chance(self) -> tuple[int, float]:
-        return self.settings.alphabet_size, 1 / self.settings.alphabet_size
+    def chance_levels(self) -> dict[str, int]:
+        return {"chance": self.settings.alphabet_size}
 
     def vocabulary(self) -> str:
         s = self.settings

@@ -10,7 +10,8 @@ the answers alone, as Zoology's does. The defaults are the smallest setting of Z
 vocabulary 8,192, 100,000 training and 3,000 test examples, fillers 0 (random_non_queries false).
 
 Metrics (tasks/synthetic.py): accuracy on the queried positions beside the best constant answer, with chance
-(1 / V/2 values) and Zoology's attention result in the notes. That result is a plot, not a table: Figure 2
+(1 / V/2 values), guessing among the sequence's own values (1 / num_kv_pairs: where models stall before they
+learn which value goes with which key) and Zoology's attention result in the notes. That result is a plot, not a table: Figure 2
 draws MQAR accuracy against model width (64 to 512) for sequence lengths 64 to 512 with 4 to 64 pairs, and
 attention (2 layers, 1 head, no MLP) stays at about 1.0 at every width, where the gated convolutions need a width
 that grows with the sequence length. The number is read off the plot; Zoology's blog post says the same in words
@@ -81,9 +82,10 @@ class MQARTask(SyntheticTask):
                              vocab_size=s.vocab_size, power_a=s.power_a, random_non_queries=s.random_non_queries,
                              rng=rng)
 
-    def chance(self) -> tuple[int, float]:
-        values = mqar_value_count(self.settings.vocab_size)
-        return values, 1 / values
+    def chance_levels(self) -> dict[str, int]:
+        # A model that has learned to answer with a value, but not which, guesses among the sequence's values.
+        return {"chance": mqar_value_count(self.settings.vocab_size),
+                "a value of the sequence": self.settings.num_kv_pairs}
 
     def vocabulary(self) -> str:
         return f"the integers 0 … {self.settings.vocab_size - 1}, separated by spaces"

@@ -11,7 +11,8 @@ Metrics beside loss and perplexity:
     accuracy   the share of answer positions where the model's most likely next token (over the whole vocabulary,
                as Zoology scores) is the answer; beside it the best constant answer: the training split's most
                frequent answer, scored on the same validation positions
-    notes      chance (one over the number of possible answers) and the published result to compare with
+    notes      chance (one over the number of possible answers), what guessing among the answers the sequence
+               itself offers scores (MQAR: one of its values), and the published result to compare with
 """
 
 from __future__ import annotations
@@ -46,8 +47,9 @@ class SyntheticTask(Task):
         """`n` examples drawn with `rng`."""
 
     @abstractmethod
-    def chance(self) -> tuple[int, float]:
-        """(number of possible answers, accuracy of a uniform guess among them)."""
+    def chance_levels(self) -> dict[str, int]:
+        """What a model scores that guesses uniformly, as the number of answers it guesses among: "chance" (every
+        possible answer), and any guess the sequence itself narrows down."""
 
     @abstractmethod
     def vocabulary(self) -> str:
@@ -57,7 +59,7 @@ class SyntheticTask(Task):
         """Refuse settings whose examples leave something unscored; nothing to refuse by default."""
 
     def examples(self) -> tuple[SyntheticExamples, SyntheticExamples]:
-        """(train, val), generated once per task object: a run asks for them three times."""
+        """(train, val), generated once per task object: its datasets and its held-out split are the same rows."""
         if self._examples is None:
             s = self.settings
             train = self.generate(s.num_train_examples, np.random.default_rng([s.seed, TRAIN]))
@@ -93,16 +95,12 @@ class SyntheticTask(Task):
         predicted = predictions(model, val, generation.batch_size)
         majority = int(np.argmax(held_out.train_counts))
         constant = np.full_like(val.labels, majority)
-        values, baselines = self.accuracies(val, predicted), self.accuracies(val, constant)
-        answers, chance = self.chance()
+        guesses = {name: f"1/{n} = {1 / n:.4f}" for name, n in self.chance_levels().items()}
         return Scores(
-            values=values,
-            baselines=baselines,
-            notes={
-                "best constant answer": tokenizer.convert_ids_to_tokens(majority),
-                "chance": f"1/{answers} = {chance:.4f}",
-                "published": self.reference,
-            },
+            values=self.accuracies(val, predicted),
+            baselines=self.accuracies(val, constant),
+            notes={"best constant answer": tokenizer.convert_ids_to_tokens(majority), **guesses,
+                   "published": self.reference},
         )
 
     def accuracies(self, val: SyntheticExamples, predicted: np.ndarray) -> dict[str, float]:
