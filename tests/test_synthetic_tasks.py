@@ -15,7 +15,7 @@ from ginformer.data.batches import IGNORE_INDEX, CausalLMCollator
 from ginformer.data.synthetic import SYMBOLS, hop_targets, label_accuracy
 from ginformer.errors import ConfigError
 from ginformer.modeling import GinformerConfig, GinformerForCausalLM
-from ginformer.runs.compare import load_compare_settings
+from ginformer.runs.compare_config import load_compare_settings
 from ginformer.runs.config import load_run_settings
 from ginformer.tasks import TASKS, Generation, Losses
 from ginformer.tasks.khop import KHopSettings, KHopTask
