@@ -7,5 +7,6 @@ loaded here.
     instruct.py   instruction rows in TRL's shapes: templates, trained segments, truncation, the grouped split
     reasoning.py  the GSM8K and FOLIO presets: their rows, answer extraction, majority baselines
     tokenizer.py  the protein tokenizer, and the char and byte tokenizers of the text task
+    synthetic.py  the generated tasks (MQAR, k-hop induction heads): their generators, tokenizers, accuracy
     batches.py    training examples' labels and the one collator
 """

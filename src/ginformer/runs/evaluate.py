@@ -6,8 +6,8 @@ each beside the baseline it must beat.
     loss, perplexity   token-weighted mean next-token cross-entropy over the tokens training scores, and exp()
                        of it; beside it the unigram model's (training-split token frequencies, add-one
                        smoothed, no context): the floor for a model that learned anything about order
-    the task's         protein label accuracy, bits per character, GSM8K exact match, FOLIO accuracy (tasks/),
-                       beside the majority or unigram baseline
+    the task's         protein label accuracy, bits per character, GSM8K exact match, FOLIO accuracy, MQAR and
+                       k-hop accuracy (tasks/), beside the majority or unigram baseline
 
 Without ``--data`` the run's own validation split is scored (the rows training validated on, so the loss equals
 the run's last logged val_loss); with ``--data`` any file in the task's format, and rows that were in the run's
