@@ -83,6 +83,14 @@ def base_dir(tmp_path_factory, task_files):
     return path
 
 
+@pytest.fixture(scope="module")
+def base_tokenizer(base_dir):
+    """base_dir's tokenizer as a trainer gets it, padding with its eos token."""
+    loaded = PreTrainedTokenizerFast.from_pretrained(base_dir)
+    loaded.pad_token = loaded.eos_token
+    return loaded
+
+
 @pytest.fixture(scope="session")
 def gsm8k():
     """The bundled GSM8K rows, read once."""

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaForCausalLM
 
 from ginformer.adapter import SparseGINConfig, get_sparse_gin_model
 from ginformer.adapter.lora import get_lora_model, lora_config_for_budget
@@ -28,10 +28,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def tokenizer(base_dir):
-    loaded = PreTrainedTokenizerFast.from_pretrained(base_dir)
-    loaded.pad_token = loaded.eos_token
-    return loaded
+def tokenizer(base_tokenizer):
+    return base_tokenizer
 
 
 @pytest.mark.slow  # tens of seconds on 2 cores: runs in CI (make test-all)

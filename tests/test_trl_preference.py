@@ -10,7 +10,7 @@ import pytest
 import torch
 from datasets import Dataset
 from torch.profiler import ProfilerActivity, profile
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from ginformer.adapter import SparseGINConfig, SparseGINModel, SparseGINPeftConfig, get_sparse_gin_model
 from ginformer.adapter.lora import lora_config_for_budget
@@ -22,10 +22,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def tokenizer(base_dir):
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(base_dir)
-    tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+def tokenizer(base_tokenizer):
+    return base_tokenizer
 
 
 @pytest.fixture(scope="module")
