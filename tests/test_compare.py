@@ -16,7 +16,7 @@ import yaml
 import ginformer.runs.compare
 from ginformer.cli import main
 from ginformer.data.tokenizer import build_protein_tokenizer
-from ginformer.runs.compare import DEMO_CONFIG, run_comparison
+from ginformer.runs.compare import DEMO_CONFIG, pending_runs, run_comparison
 from ginformer.runs.compare_config import compare_settings_from_dict, load_compare_settings, variant_parameters
 from ginformer.runs.report import summary_table
 from ginformer.runs.run_dir import RunDir
@@ -295,7 +295,8 @@ def test_bad_sweeps_name_the_key(tmp_path, sweep, message):
 
 def test_equal_compute_scales_each_variants_steps_by_its_flops(tmp_path):
     variants = {"reference": {"attention_kind": "standard"}, "pna": {"attention_kind": "pna"}}
-    settings = compare_settings_from_dict(tiny_config(tmp_path, variants=variants, equal_compute=True, target_params=80_000,
+    settings = compare_settings_from_dict(tiny_config(tmp_path, variants=variants, equal_compute=True,
+                                                      target_params=80_000,
                                                       training={**TINY_BASE["training"], "max_steps": 40}))
     flops = settings.flops_per_token
     assert flops["pna"] > flops["reference"] > 0
@@ -333,3 +334,17 @@ def test_a_sweep_runs_every_point_then_the_seeds_at_the_chosen_one_reusing_its_r
     assert "## Sweep" in markdown and "**chosen** (edge of the grid: training.learning_rate)" in markdown
     assert (root / "figures" / "sweep_training.learning_rate.png").is_file()
     assert len(read_csv(root / "runs.csv")) == 4  # the seeds at the chosen points only
+
+
+def test_a_seed_waits_for_its_variants_sweep_and_nothing_trains_meanwhile(tmp_path, monkeypatch):
+    config = tiny_config(tmp_path / "runs", sweep={"grid": {"training.learning_rate": [1.0e-3, 1.0e-2]},
+                                                         "seeds": [3]})
+    monkeypatch.setattr(ginformer.runs.compare, "train", lambda *a, **k: pytest.fail("nothing may train"))
+    settings = compare_settings_from_dict(config)
+    with pytest.raises(ConfigError, match="--only gin_half/seed4: the variant's sweep is not finished"):
+        run_comparison(settings, only=["gin_half/seed4"])
+    with pytest.raises(ConfigError, match="no such run; runs: .*gin_half/training.learning_rate=0.01/seed3"):
+        run_comparison(settings, only=["gin_half/seed9"])
+    pending = pending_runs(settings)
+    assert pending[:2] == ["gin_half/training.learning_rate=0.001/seed3", "gin_half/training.learning_rate=0.01/seed3"]
+    assert "gin_half/seed4" in pending and "gin_half/seed3" not in pending  # seed 3 is the sweep's own run

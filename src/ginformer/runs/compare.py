@@ -123,12 +123,13 @@ def run_comparison(settings: CompareSettings, overwrite: bool = False, only: Seq
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(root / COMPARE_FILE, yaml.safe_dump(settings.to_dict(), sort_keys=False))
 
-    _train_and_evaluate(settings, [run for run in sweep_runs(settings) if _selected(run, only, {})], "sweep")
     chosen = chosen_points(settings)
-    waiting = sorted(name for name in only if name.count("/") == 1 and name.split("/")[0] not in chosen)
+    waiting = sorted(name for name in only if name.count("/") == 1 and name.split("/")[0] not in {*chosen, *only})
     if waiting:
         raise ConfigError(f"--only {', '.join(waiting)}: the variant's sweep is not finished, so its point is not "
                           "chosen yet: run the sweep first (--only <variant>)")
+    _train_and_evaluate(settings, [run for run in sweep_runs(settings) if _selected(run, only, {})], "sweep")
+    chosen = chosen_points(settings)
     _train_and_evaluate(settings, [run for run in seed_runs(settings, chosen) if _selected(run, only, chosen)],
                         "compare")
     if not pending_runs(settings):
