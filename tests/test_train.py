@@ -26,7 +26,8 @@ from ginformer.files import UnsafeFileError
 from ginformer.runs.config import load_run_settings
 from ginformer.runs.run_dir import RunLocked, checkpoint_problem
 from ginformer.errors import ConfigError
-from ginformer.runs.train import TrainingDiverged, token_nll, train
+from ginformer.runs.train import TrainingDiverged, train
+from ginformer.runs.trainers import token_nll
 
 TINY = [
     "model.num_hidden_layers=2",

@@ -1,10 +1,13 @@
-"""Instruction data for fine-tuning, in the three shapes TRL's SFTTrainer reads.
+"""Instruction data for fine-tuning, in the shapes TRL's trainers read.
 
     text                {"text": "..."}                                   loss on every token
     prompt_completion   {"prompt": "...", "completion": "..."}            loss on the completion only
                         or conversational: prompt and completion are lists of {role, content} messages
     messages            {"messages": [{role: system|user|assistant, content}, ...]}
                                                                           loss on every assistant turn only
+    preference          {"prompt": "...", "chosen": "...", "rejected": "..."}
+                        or conversational: a list of messages and one assistant message each; DPO prefers
+                        chosen to rejected, SFT trains on chosen
 
 `load_instruct` reads a .jsonl, .json or .parquet file or a hub dataset, maps other column names onto these
 (`columns={"prompt": "question", "completion": "answer"}`), decides the shape from the columns when asked to
@@ -41,11 +44,12 @@ from ginformer.data.rows import read_records, report_bad_rows
 from ginformer.errors import ConfigError, DataError
 
 Template = Literal["paper", "chat"]
-Format = Literal["text", "prompt_completion", "messages"]
+Format = Literal["text", "prompt_completion", "messages", "preference"]
 OnBadRow = Literal["skip", "error"]
 
 FORMATS: dict[str, tuple[str, ...]] = {  # a shape and the columns that make it
     "messages": ("messages",),
+    "preference": ("prompt", "chosen", "rejected"),
     "prompt_completion": ("prompt", "completion"),
     "text": ("text",),
 }
@@ -71,6 +75,7 @@ class InstructExample:
 
     messages: tuple[Message, ...]  # empty for a text row
     text: str | None = None  # a text row: every token carries the loss
+    rejected: tuple[Message, ...] = ()  # a preference row: the completion it ranks below its last trained turn
     reference: str = ""  # what generation is scored against (GSM8K's final number, FOLIO's label); "" if nothing
     group: str = ""  # rows sharing a group always land in the same split (see split_examples)
     where: str = ""  # "line 12" (JSONL) or "row 3": traces a row back to its source
@@ -147,8 +152,8 @@ def load_instruct(
     if not examples:
         raise DataError(f"{name}: no usable {chosen} rows")
     conversational = chosen == "messages" or (
-        chosen == "prompt_completion" and any(isinstance(row.get("prompt"), list) for _, row in rows
-                                              if isinstance(row, dict)))
+        chosen in ("prompt_completion", "preference") and any(isinstance(row.get("prompt"), list) for _, row in rows
+                                                              if isinstance(row, dict)))
     return InstructData(examples, chosen, conversational)
 
 
@@ -256,7 +261,34 @@ def _parse_messages(row: dict, where: str, names: Mapping[str, str]) -> Instruct
     return InstructExample(messages, group=json.dumps([[m.role, m.content] for m in messages[:last]]), where=where)
 
 
-_PARSERS = {"text": _parse_text, "prompt_completion": _parse_prompt_completion, "messages": _parse_messages}
+def _parse_preference(row: dict, where: str, names: Mapping[str, str]) -> InstructExample:
+    for field in ("prompt", "chosen", "rejected"):
+        if row.get(field) is None:
+            raise DataError(f"missing '{names[field]}'")
+    prompt = row["prompt"]
+    if isinstance(prompt, str):
+        prompt_messages = (Message("user", _text(prompt, names["prompt"])),)
+    else:
+        prompt_messages = _messages(prompt, names["prompt"], False)
+    chosen, rejected = (_completion(row[field], names[field]) for field in ("chosen", "rejected"))
+    messages = _checked(prompt_messages + chosen, names["chosen"])
+    group = prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True)
+    return InstructExample(messages, rejected=rejected, group=group, where=where)
+
+
+def _completion(value: object, field: str) -> tuple[Message, ...]:
+    """A preference row's chosen or rejected completion: a string, or a list of one assistant message (TRL's two
+    shapes); ranking longer completions against each other is not what DPO's pairs mean."""
+    if isinstance(value, str):
+        return (Message("assistant", _text(value, field), trained=True),)
+    messages = _messages(value, field, True)
+    if len(messages) != 1 or messages[0].role != "assistant":
+        raise DataError(f"'{field}' must be a string or a list of one assistant message")
+    return messages
+
+
+_PARSERS = {"text": _parse_text, "prompt_completion": _parse_prompt_completion, "messages": _parse_messages,
+            "preference": _parse_preference}
 
 
 # ---------------------------------------------------------------------------------------------------- split
@@ -401,6 +433,32 @@ def encode_generation_prompt(
     return _bos(tokenizer, template) + tokenizer(
         _RENDERERS[template](messages, tokenizer, True), add_special_tokens=False
     )["input_ids"]
+
+
+def rejected_example(example: InstructExample) -> InstructExample:
+    """A preference row with its rejected completion in place of the chosen one."""
+    return InstructExample(example.prompt + example.rejected, reference=example.reference, group=example.group,
+                           where=example.where)
+
+
+# ---------------------------------------------------------------------------------------------------- TRL's shapes
+
+
+def trl_prompt(example: InstructExample, template: Template, tokenizer: PreTrainedTokenizerBase) -> str | list[dict]:
+    """An example's prompt as TRL's DPO and GRPO trainers take it: with the paper template its text up to the
+    assistant's header (TRL adds the BOS the tokenizer adds, as `encode_generation_prompt` does); with the chat
+    template the conversation as {role, content} messages, which TRL renders with the tokenizer's template."""
+    if template == "paper":
+        return _paper(example.prompt, tokenizer, True)
+    return [{"role": m.role, "content": m.content} for m in example.prompt]
+
+
+def trl_completion(messages: Sequence[Message], template: Template) -> str | list[dict]:
+    """A completion in the shape of `trl_prompt`'s: the paper template's text after the assistant's header (TRL
+    appends the tokenizer's end token to it), or the assistant's message."""
+    if template == "paper":
+        return "".join(f" {m.content}{PAPER_END}" for m in messages)
+    return [{"role": m.role, "content": m.content} for m in messages]
 
 
 def _bos(tokenizer: PreTrainedTokenizerBase, template: Template) -> list[int]:

@@ -46,6 +46,7 @@ from ginformer.runs.config import (
     side_name,
 )
 from ginformer.runs.evaluate import check_options
+from ginformer.runs.objectives import OPTIONS
 from ginformer.runs.summary import SWEEP_METRICS
 from ginformer.settings import build_settings, positive, require
 from ginformer.sizing import config_parameters, training_flops_per_token
@@ -191,7 +192,10 @@ class CompareSettings:
         return self._build(sections, f"variant '{variant}'" + (f" at {point_name(point)}" if point else ""))
 
     def baseline_settings(self) -> RunSettings:
-        training = {**self.training, "run_name": BASELINE, "output_root": str(self.root)}
+        """The frozen base, evaluated once: its own numbers, under next-token prediction whatever the variants
+        train with (DPO and GRPO train an adapter against this very base)."""
+        training = {**{k: v for k, v in self.training.items() if k not in OPTIONS}, "method": "sft",
+                    "run_name": BASELINE, "output_root": str(self.root)}
         sections = {"model": {**self.model, "method": "none"}, "data": dict(self.data), "training": training}
         return self._build(sections, "baseline")
 

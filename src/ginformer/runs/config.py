@@ -27,6 +27,7 @@ from transformers.training_args import OptimizerNames
 
 from ginformer.files import atomic_write_text, read_text_file, refuse_special_file
 from ginformer.runs.models import MODEL_SIDES, ModelSide, side_of
+from ginformer.runs.objectives import OBJECTIVES, Objective
 from ginformer.settings import (
     ConfigError,
     build_settings,
@@ -75,6 +76,12 @@ class TrainingSettings:
     # Trainer's loggers, beside metrics.jsonl: "tensorboard" writes event files to <run>/runs/ (offline), "wandb",
     # "mlflow", ... each needs its package installed. Empty: none.
     report_to: list[str] = field(default_factory=list)
+    # The loss (runs/objectives.py): "sft" next-token prediction; on a pretrained model also "dpo" (preference rows)
+    # and "grpo" (sampled completions scored by the task's reward), with the frozen base as the reference.
+    method: Literal["sft", "dpo", "grpo"] = "sft"
+    beta: float | None = None  # DPO's β; GRPO's KL coefficient (None: 0.1 for DPO, 0.04 for GRPO)
+    num_generations: int | None = None  # GRPO: completions sampled per prompt (None: 4)
+    max_completion_length: int | None = None  # GRPO: new tokens per completion (None: the task's answer length)
 
     def __post_init__(self) -> None:
         check_fields(self, "training")
@@ -86,7 +93,8 @@ class TrainingSettings:
         )
         positive(self, "training", "learning_rate", "per_device_train_batch_size", "per_device_eval_batch_size",
                  "gradient_accumulation_steps", "num_train_epochs", "logging_steps", "eval_steps", "save_steps",
-                 "max_steps", "save_total_limit")
+                 "max_steps", "save_total_limit", "num_generations", "max_completion_length")
+        require(self.beta is None or self.beta >= 0, "training.beta", self.beta, ">= 0")
         require(self.warmup_steps >= 0, "training.warmup_steps", self.warmup_steps, ">= 0")
         require(self.weight_decay >= 0, "training.weight_decay", self.weight_decay, ">= 0")
         require(0 <= self.adam_beta1 < 1, "training.adam_beta1", self.adam_beta1, "in [0, 1)")
@@ -118,6 +126,10 @@ class RunSettings:
 
     def task(self) -> Task:
         return TASKS[self.data.task](self.data)
+
+    @property
+    def objective(self) -> Objective:
+        return OBJECTIVES[self.training.method]
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return {section: dataclasses.asdict(getattr(self, section)) for section in SECTIONS}
@@ -155,7 +167,12 @@ def run_settings_from_dict(raw: Mapping[str, Any] | None, side: str | None = Non
         data=data_settings,
         training=build_settings(TrainingSettings, training, "training"),
     )
-    settings.task().check_model_side(model_side.name)
+    task = settings.task()
+    task.check_model_side(model_side.name)
+    settings.objective.check(task, model_side.name, settings.training)
+    if settings.objective.peft_route and not model_side.trains(settings.model):
+        raise ConfigError(f"training.method={settings.training.method!r} trains an adapter; model.method='none' "
+                          "trains nothing and its numbers are the base's own: use training.method=sft with it")
     return settings
 
 

@@ -33,7 +33,8 @@ from ginformer.errors import ConfigError, DataError, MissingInput, OutputInTheWa
 from ginformer.files import check_output_file, refuse_special_file
 from ginformer.runs.config import RunSettings, load_run_settings
 from ginformer.runs.run_dir import RunDir
-from ginformer.runs.train import perplexity, token_nll
+from ginformer.runs.train import perplexity
+from ginformer.runs.trainers import token_nll
 from ginformer.tasks import Column, Generation, Losses, Task
 
 VAL = "val"  # the name of the run's own validation split in evaluation files

@@ -36,7 +36,13 @@ from transformers import (
     Trainer,
 )
 
-from ginformer.adapter import SparseGINConfig, SparseGINLayer, SparseGINModel, get_sparse_gin_model
+from ginformer.adapter import (
+    SparseGINConfig,
+    SparseGINLayer,
+    SparseGINModel,
+    SparseGINPeftConfig,
+    get_sparse_gin_model,
+)
 from ginformer.adapter.host import HostMismatch, probe
 from ginformer.adapter.hub import CONFIG_NAME
 from ginformer.adapter.lora import LoraTarget, get_lora_model, lora_config_for_budget, lora_target_modules
@@ -168,9 +174,8 @@ class BuiltModel:
     """A model ready to train, with what the run's start event records about it."""
 
     model: torch.nn.Module
-    trainable_parameters: int
-    total_parameters: int
     record: dict[str, Any]  # side-specific facts for the start event (hidden size; method, base, LoRA rank)
+    peft_config: peft.PeftConfig | None = None  # the adapter, when the trainer wraps `model` (the base) with it
 
 
 class ModelSide(ABC):
@@ -187,10 +192,18 @@ class ModelSide(ABC):
         """The pretrained model's tokenizer (None from scratch: the task builds one)."""
 
     @abstractmethod
-    def build(self, settings, tokenizer: PreTrainedTokenizerBase) -> BuiltModel: ...
+    def build(self, settings, tokenizer: PreTrainedTokenizerBase, peft_route: bool = False) -> BuiltModel:
+        """The model to train; on the `peft_route` (a pretrained model only) the base and the adapter's peft
+        config, which the trainer puts together."""
 
     def trains(self, settings) -> bool:
         return True
+
+    def parameters(self, model: torch.nn.Module) -> tuple[int, int]:
+        """(the parameters the run reports as its size, all of them), for the start event: a pretrained model's
+        trainable ones, as the adapters are compared at an equal trainable budget."""
+        every = list(model.parameters())
+        return sum(p.numel() for p in every if p.requires_grad), sum(p.numel() for p in every)
 
     @abstractmethod
     def load(self, run_dir: Path, settings) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
@@ -219,7 +232,13 @@ class Scratch(ModelSide):
     def base_tokenizer(self, settings: ScratchModelSettings) -> None:
         return None
 
-    def build(self, settings: ScratchModelSettings, tokenizer: PreTrainedTokenizerBase) -> BuiltModel:
+    def parameters(self, model: torch.nn.Module) -> tuple[int, int]:
+        """Every parameter, fixed graph scalars included: the count sizing matches across attention kinds."""
+        count = count_parameters(model)
+        return count, count
+
+    def build(self, settings: ScratchModelSettings, tokenizer: PreTrainedTokenizerBase,
+              peft_route: bool = False) -> BuiltModel:
         """A freshly initialised GinformerForCausalLM for this tokenizer, sized to target_params when set."""
         config = settings.to_config(
             vocab_size=len(tokenizer),
@@ -227,9 +246,7 @@ class Scratch(ModelSide):
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
         )
-        model = GinformerForCausalLM(config)
-        count = count_parameters(model)
-        return BuiltModel(model, count, count, {"hidden_size": config.hidden_size})
+        return BuiltModel(GinformerForCausalLM(config), {"hidden_size": config.hidden_size})
 
     def load(self, run_dir: Path, settings: ScratchModelSettings):
         import ginformer  # noqa: F401  (registers the ginformer model type with the Auto classes)
@@ -248,17 +265,17 @@ class Scratch(ModelSide):
         return f"{kinds} attention, {settings.num_hidden_layers} layers × {settings.num_attention_heads} heads"
 
 
-# method -> build(base, settings) -> (model, start-event extras)
-Method = Callable[[PreTrainedModel, PretrainedModelSettings], tuple[torch.nn.Module, dict[str, Any]]]
-
-
-def _no_adapter(base: PreTrainedModel, settings: PretrainedModelSettings):
-    return base, {}
-
-
 def _sparse_gin(base: PreTrainedModel, settings: PretrainedModelSettings):
-    model = get_sparse_gin_model(base, settings.sparse_gin)
+    return SparseGINPeftConfig(**settings.sparse_gin.to_dict()), {}
+
+
+def _wrap_sparse_gin(base: PreTrainedModel, config: SparseGINPeftConfig):
+    model = get_sparse_gin_model(base, config.sparse_gin_config())
     return model, {"adapted": model.describe_host(), "adapted_layers": model.adapted_layers}
+
+
+def _wrap_lora(base: PreTrainedModel, config: peft.LoraConfig):
+    return get_lora_model(base, config), {}
 
 
 def _lora(base: PreTrainedModel, settings: PretrainedModelSettings):
@@ -285,14 +302,23 @@ def _lora(base: PreTrainedModel, settings: PretrainedModelSettings):
             task_type="CAUSAL_LM",
             **{"lora_alpha": lora.rank, **extra},
         )
-    return get_lora_model(base, config), {"lora_rank": config.r, "budget": budget}
+    return config, {"lora_rank": config.r, "budget": budget}
 
 
-# method -> (build, load a saved adapter onto the base)
-METHODS: dict[str, tuple[Method, Callable[[PreTrainedModel, Path], torch.nn.Module] | None]] = {
-    "none": (_no_adapter, None),
-    "sparse-gin": (_sparse_gin, SparseGINModel.from_pretrained),
-    "lora": (_lora, peft.PeftModel.from_pretrained),
+@dataclass(frozen=True)
+class Method:
+    """An adapter method: its peft config for a base (with start-event extras), how our Trainer's model wraps the
+    base with it (TRL's trainers wrap the base themselves: runs/objectives.py), how a saved adapter loads."""
+
+    config: Callable[[PreTrainedModel, PretrainedModelSettings], tuple[peft.PeftConfig, dict[str, Any]]]
+    wrap: Callable[[PreTrainedModel, Any], tuple[torch.nn.Module, dict[str, Any]]]
+    load: Callable[[PreTrainedModel, Path], torch.nn.Module]
+
+
+METHODS: dict[str, Method | None] = {  # None: no adapter, the base's own numbers
+    "none": None,
+    "sparse-gin": Method(_sparse_gin, _wrap_sparse_gin, SparseGINModel.from_pretrained),
+    "lora": Method(_lora, _wrap_lora, peft.PeftModel.from_pretrained),
 }
 
 
@@ -320,18 +346,24 @@ class Pretrained(ModelSide):
     def base_tokenizer(self, settings: PretrainedModelSettings) -> PreTrainedTokenizerBase:
         return load_base_tokenizer(settings.base, settings.trust_remote_code)
 
-    def build(self, settings: PretrainedModelSettings, tokenizer: PreTrainedTokenizerBase) -> BuiltModel:
-        """Load the base and wrap it as `settings.method` asks; the base's weights are frozen in every case."""
+    def build(self, settings: PretrainedModelSettings, tokenizer: PreTrainedTokenizerBase,
+              peft_route: bool = False) -> BuiltModel:
+        """Load the base and wrap it as `settings.method` asks; the base's weights are frozen in every case. On the
+        `peft_route` the model is the base and the adapter its peft config: the trainer wraps it."""
         base, _ = load_base_model(
             settings.base, dtype=getattr(torch, settings.base_dtype), attn_implementation=settings.attn_implementation,
             trust_remote_code=settings.trust_remote_code,
         )
         base.requires_grad_(False)
-        build, _ = METHODS[settings.method]
-        model, extras = build(base, settings)
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        total = sum(p.numel() for p in model.parameters())
-        return BuiltModel(model, trainable, total, {"method": settings.method, "base": settings.base, **extras})
+        record = {"method": settings.method, "base": settings.base}
+        method = METHODS[settings.method]
+        if method is None:
+            return BuiltModel(base, record)
+        config, extras = method.config(base, settings)
+        if peft_route:
+            return BuiltModel(base, {**record, **extras}, peft_config=config)
+        model, wrapped = method.wrap(base, config)
+        return BuiltModel(model, {**record, **extras, **wrapped})
 
     def trains(self, settings: PretrainedModelSettings) -> bool:
         return settings.method != "none"
@@ -344,9 +376,9 @@ class Pretrained(ModelSide):
             settings.base, dtype=getattr(torch, settings.base_dtype), attn_implementation=settings.attn_implementation,
             trust_remote_code=settings.trust_remote_code,
         )
-        _, attach = METHODS[settings.method]
-        model = base if attach is None else read_weights(adapter, lambda: attach(base, adapter))
-        if attach is not None:
+        method = METHODS[settings.method]
+        model = base if method is None else read_weights(adapter, lambda: method.load(base, adapter))
+        if method is not None:
             tokenizer = AutoTokenizer.from_pretrained(adapter, trust_remote_code=False)
         return model.to(_device()).eval(), tokenizer
 
@@ -364,15 +396,21 @@ class Pretrained(ModelSide):
             trainer.processing_class.save_pretrained(directory)
 
     def graph_scalars(self, model: torch.nn.Module) -> dict[str, list]:
-        """λ always, α and τ when they learn; {} without Sparse-GIN."""
-        if not isinstance(model, SparseGINModel):
+        """λ always, α and τ when they learn; {} without Sparse-GIN. `model` is a SparseGINModel, or a peft model
+        with Sparse-GIN's branches (what TRL's trainers train)."""
+        if isinstance(model, SparseGINModel):
+            config, adapters = model.sparse_gin_config, model.adapters
+        elif isinstance(model, peft.PeftModel) and isinstance(model.peft_config[model.active_adapter],
+                                                                SparseGINPeftConfig):
+            config = model.peft_config[model.active_adapter]
+            adapters = model.get_base_model().sparse_gin.sparse_gin_branches[model.active_adapter]
+        else:
             return {}
-        config = model.sparse_gin_config
-        graph = {"lambda": model.adapter_scales()}
+        graph = {"lambda": [adapter.scale.item() for adapter in adapters]}
         if config.train_alpha:
-            graph["alpha"] = [adapter.alpha.item() for adapter in model.adapters]
+            graph["alpha"] = [adapter.alpha.item() for adapter in adapters]
         if config.train_tau:
-            graph["tau"] = [adapter.tau.item() for adapter in model.adapters]
+            graph["tau"] = [adapter.tau.item() for adapter in adapters]
         return graph
 
     def describe(self, settings: PretrainedModelSettings) -> str:

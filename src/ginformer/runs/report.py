@@ -44,17 +44,24 @@ METRICS: tuple[tuple[str, str, str], ...] = (
     ("gap", "gap (val − train)", ".4f"),
     ("ratio", "train/val", ".3f"),
 )
+REWARDS: tuple[tuple[str, str, str], ...] = (
+    ("train_reward", "train reward (2nd half)", ".3f"),
+    ("val_reward", "val reward", ".3f"),
+    ("val_reward_accuracy", "val reward accuracy", ".3f"),
+)
 COSTS: tuple[tuple[str, str, str], ...] = (
     ("flops_per_token", "train FLOPs / token", ".3g"),
     ("step_time_s", "s / step", ".2f"),
     ("wall_time_s", "wall time (s)", ".0f"),
 )
+CURVE_LABELS = {"train_loss": "training loss", "val_perplexity": "validation perplexity", "reward": "reward",
+                "val_reward": "validation reward", "val_reward_accuracy": "validation reward accuracy"}
 SYMBOLS = {"sharpening": "α", "gin_eps": "ε", "pna_blend": "PNA λ", "lambda": "λ", "alpha": "α", "tau": "τ"}
 
 
 def columns(runs: Sequence[RunSummary], task_columns) -> list[tuple[str, str, str]]:
     """(key, header, format) of every column some run fills: the generic ones, the task's, the costs."""
-    every = [*METRICS, *((c.key, c.header, c.fmt) for c in task_columns), *COSTS]
+    every = [*METRICS, *REWARDS, *((c.key, c.header, c.fmt) for c in task_columns), *COSTS]
     return [c for c in every if any(value(r, c[0]) is not None for r in runs)]
 
 
@@ -234,19 +241,19 @@ def write_figures(settings: CompareSettings, results: Results, task_columns) -> 
     runs, base, curves = results.runs, results.base, results.curves
     groups = group_by_variant(runs)
     paths = []
-    paths += run_figures.plot_curves(curves["train_loss"], "training loss", out / "train_loss",
-                               title="Training loss (thin: seeds)")
-    paths += run_figures.plot_curves(curves["val_perplexity"], "validation perplexity", out / "val_perplexity",
-                               title="Validation perplexity (thin: seeds)")
-    by_flops = _against_flops(settings, curves["val_perplexity"])
+    for key, label in CURVE_LABELS.items():
+        if key in curves:
+            paths += run_figures.plot_curves(curves[key], label, out / key, title=f"{label.capitalize()} (thin: seeds)")
+    by_flops = _against_flops(settings, curves.get("val_perplexity", {}))
     if by_flops:
         paths += run_figures.plot_curves(by_flops, "validation perplexity", out / "val_perplexity_vs_flops",
                                    xlabel="training FLOPs", title="Validation perplexity against compute (thin: seeds)")
     bars = {v: [r.min_val_perplexity for r in g] for v, g in groups.items()}
     if base is not None:
         bars[f"{BASELINE} (frozen)"] = [base.min_val_perplexity]
-    paths += run_figures.plot_bars(bars, "minimum validation perplexity", out / "min_val_perplexity",
-                             title="Minimum validation perplexity (bar: mean, line: ± std, dots: seeds)")
+    if all(None not in values for values in bars.values()):  # DPO's and GRPO's losses have no perplexity
+        paths += run_figures.plot_bars(bars, "minimum validation perplexity", out / "min_val_perplexity",
+                                 title="Minimum validation perplexity (bar: mean, line: ± std, dots: seeds)")
     paths += run_figures.plot_bars({v: [r.min_train_loss for r in g] for v, g in groups.items()},
                              "minimum training loss", out / "min_train_loss", fmt=".4f", title="Minimum training loss")
     paths += run_figures.plot_generalisation_gap({v: [r.min_train_loss for r in g] for v, g in groups.items()},

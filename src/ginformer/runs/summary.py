@@ -1,7 +1,11 @@
 """A comparison's statistics: pure functions of metrics.jsonl events and evaluation results (no file is read here).
 
 Per-run numbers (`run_summary`):
-    min / final val perplexity   exp(lowest / last validation loss over the evaluations during training)
+    min / final val perplexity   exp(lowest / last validation loss over the evaluations during training); none
+                                 for DPO and GRPO, whose loss is not a next-token cross-entropy
+    rewards                      DPO: the last evaluation's reward accuracy (chosen scored above rejected); GRPO:
+                                 the mean reward of the sampled completions over the last half of training, and
+                                 on the validation prompts at the last evaluation
     min train loss               lowest logged training loss (each is a mean over `logging_steps` steps)
     gap, train/val               min val loss − min train loss, and min train loss / min val loss (Fig. 7)
     the task's metrics           of the final model on the validation split (tasks/: Task.columns)
@@ -29,8 +33,8 @@ class RunSummary:
     parameters: int  # trainable
     hidden_size: int | None  # models trained from scratch
     steps: int
-    min_val_perplexity: float
-    final_val_perplexity: float  # at the last evaluation: the paper's Fig. 12 measure
+    min_val_perplexity: float | None  # None: an objective whose loss is not a cross-entropy (DPO, GRPO)
+    final_val_perplexity: float | None  # at the last evaluation: the paper's Fig. 12 measure
     best_step: int  # the step of the lowest validation loss
     min_val_loss: float
     min_train_loss: float | None  # None: nothing trained (the frozen base)
@@ -43,6 +47,9 @@ class RunSummary:
     graph: dict[str, list[tuple[int, list]]]  # scalar -> (step, value per layer) at every logged event
     adapted: str | None = None  # a Sparse-GIN run: which layers, placement and residual kind (describe_host)
     flops_per_token: float | None = None  # training FLOPs per token (models trained from scratch)
+    train_reward: float | None = None  # GRPO: mean reward over the train events of the last half of training
+    val_reward: float | None = None  # GRPO: on the validation prompts, at the last evaluation
+    val_reward_accuracy: float | None = None  # DPO: share of validation pairs whose chosen answer scores higher
 
 
 RUN_FIELDS = frozenset(f.name for f in dataclasses.fields(RunSummary))
@@ -67,6 +74,10 @@ def run_summary(
             f"{sorted({e['event'] for e in metrics})} (lower training.eval_steps/logging_steps below max_steps)"
         )
     best = min(evals, key=lambda e: e["val_loss"])
+    last = max(evals, key=lambda e: e["step"])
+    cross_entropy = start.get("objective", "sft") == "sft"
+    steps = max(e["step"] for e in metrics)
+    late_rewards = [e["reward"] for e in trains if "reward" in e and e["step"] > steps / 2]
     min_train = min(e["train_loss"] for e in trains) if trains else None
     step_times = [e["step_time"] for e in trains if e.get("step_time") is not None]
     ends = [e["train_runtime"] for e in metrics if e["event"] == "end"]
@@ -80,9 +91,9 @@ def run_summary(
         seed=seed,
         parameters=start["parameters"],
         hidden_size=start.get("hidden_size"),
-        steps=max(e["step"] for e in metrics),
-        min_val_perplexity=math.exp(best["val_loss"]),
-        final_val_perplexity=max(evals, key=lambda e: e["step"])["val_perplexity"],
+        steps=steps,
+        min_val_perplexity=math.exp(best["val_loss"]) if cross_entropy else None,
+        final_val_perplexity=last["val_perplexity"] if cross_entropy else None,
         best_step=best["step"],
         min_val_loss=best["val_loss"],
         min_train_loss=min_train,
@@ -95,6 +106,9 @@ def run_summary(
         adapted=start.get("adapted"),
         graph={key: sorted(history.items()) for key, history in graph.items()},
         flops_per_token=flops_per_token,
+        train_reward=statistics.fmean(late_rewards) if late_rewards else None,
+        val_reward=last.get("val_reward"),
+        val_reward_accuracy=last.get("val_reward_accuracy"),
     )
 
 
@@ -122,15 +136,21 @@ def group_by_variant(runs: Sequence[RunSummary]) -> dict[str, list[RunSummary]]:
     return groups
 
 
+# The curves a comparison draws: an event's key and the event that holds it.
+CURVES = (("train_loss", "train"), ("val_perplexity", "eval"), ("reward", "train"), ("val_reward", "eval"),
+          ("val_reward_accuracy", "eval"))
+
+
 def training_curves(metrics: Mapping[str, Sequence[Sequence[Mapping[str, Any]]]]) -> dict[str, dict[str, list]]:
-    """metric -> variant -> one (step, value) list per run, for train_loss and val_perplexity, from each variant's
-    runs' metrics.jsonl events."""
-    curves: dict[str, dict[str, list]] = {"train_loss": {}, "val_perplexity": {}}
+    """metric -> variant -> one (step, value) list per run, from each variant's runs' metrics.jsonl events, for
+    every metric of CURVES that some run logged (a run without it adds no list)."""
+    curves: dict[str, dict[str, list]] = {}
     for variant, runs in metrics.items():
         for events in runs:
-            for key, event in (("train_loss", "train"), ("val_perplexity", "eval")):
-                points = sorted({e["step"]: e[key] for e in events if e["event"] == event}.items())
-                curves[key].setdefault(variant, []).append(points)
+            for key, event in CURVES:
+                points = sorted({e["step"]: e[key] for e in events if e["event"] == event and key in e}.items())
+                if points:
+                    curves.setdefault(key, {}).setdefault(variant, []).append(points)
     return curves
 
 

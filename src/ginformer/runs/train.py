@@ -48,14 +48,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, EvalLoopOutput, rotate_checkpoints
 
-from ginformer.data.batches import IGNORE_INDEX, CausalLMCollator
-from ginformer.errors import ConfigError, DataError, GinformerError, OutputInTheWay
+from ginformer.errors import ConfigError, GinformerError, OutputInTheWay
 from ginformer.runs.config import RunSettings, settings_yaml
+from ginformer.runs.objectives import OBJECTIVES, OPTIONS, Objective
 from ginformer.runs.run_dir import Checkpoint, RunDir, RunLocked
+from ginformer.runs.trainers import NonFiniteLoss
 from ginformer.tasks import Splits
 
 logger = logging.getLogger(__name__)
@@ -92,15 +91,15 @@ def _train_holding(
     settings: RunSettings, run: RunDir, args: TrainingArguments, resume: bool, overwrite: bool,
     callbacks: Sequence[TrainerCallback],
 ) -> None:
-    side, task = settings.side, settings.task()
+    side, task, objective = settings.side, settings.task(), settings.objective
     checkpoint = check_run_dir(settings, run, resume, overwrite)
     barrier()  # every process has looked before the main process changes anything
 
     tokenizer = task.tokenizer(side.base_tokenizer(settings.model))
-    splits = task.datasets(tokenizer)
+    splits = objective.splits(task, tokenizer, settings.training)
     check_splits(splits)
     set_seed(settings.training.seed)  # the initial weights of what trains
-    built = side.build(settings.model, tokenizer)
+    built = side.build(settings.model, tokenizer, peft_route=objective.peft_route)
     positions = getattr(built.model.config, "max_position_embeddings", None)
     if positions is not None and splits.longest > positions:
         raise ConfigError(
@@ -113,31 +112,28 @@ def _train_holding(
     if args.process_index == 0 and checkpoint is None:
         start_run_dir(settings, run, overwrite)
     barrier()
-    metrics = MetricsLogger(run, side.graph_scalars)
+    metrics = MetricsLogger(run, side.graph_scalars, objective)
     resumed = [] if checkpoint is None else [ResumeRecord(run, settings, checkpoint.step)]
-    trainer = GuardedTrainer(
-        model=built.model,
-        args=args,
-        train_dataset=splits.train,
-        eval_dataset=splits.val,
-        data_collator=CausalLMCollator(pad_token_id=tokenizer.pad_token_id),
-        processing_class=tokenizer,
-        callbacks=[metrics, *resumed, *callbacks],
+    trainer = objective.trainer(
+        task, tokenizer, splits, model=built.model, args=args, callbacks=[metrics, *resumed, *callbacks],
+        **({} if built.peft_config is None else {"peft_config": built.peft_config}),
     )
     if args.process_index == 0 and checkpoint is None:
+        parameters, total = side.parameters(trainer.model)  # the model as trained: TRL wraps the base itself
         metrics.write(
             {
                 "event": "start",
                 "step": 0,
                 "epoch": 0.0,
                 "model": side.name,
-                "parameters": built.trainable_parameters,
-                "total_parameters": built.total_parameters,
+                "objective": objective.name,
+                "parameters": parameters,
+                "total_parameters": total,
                 **built.record,
                 "world_size": args.world_size,
                 "train_examples": len(splits.train),
                 "val_examples": len(splits.val),
-                "graph": side.graph_scalars(built.model),
+                "graph": side.graph_scalars(trainer.model),
             }
         )
     if not side.trains(settings.model):
@@ -193,19 +189,22 @@ CHECKPOINTING_ARGUMENT = next(name for name in ("activation_checkpointing", "gra
                               if name in TrainingArguments.__dataclass_fields__)
 
 
-# TrainingSettings fields that are not TrainingArguments' own, or mean something else there; every other field
-# passes to TrainingArguments by its name, so a new Trainer option is one field in TrainingSettings.
+# TrainingSettings fields that are not TrainingArguments' own, or mean something else there, and the objective's
+# (runs/objectives.py: it passes those it reads); every other field passes to TrainingArguments by its name, so a
+# new Trainer option is one field in TrainingSettings.
 TRANSLATED = frozenset({"output_root", "lr_scheduler", "min_lr_ratio", "max_steps", "gradient_checkpointing",
-                        "report_to"})
+                        "report_to", "method", *OPTIONS})
 
 
 def training_arguments(settings: RunSettings) -> TrainingArguments:
-    """transformers' TrainingArguments for a run; the only place our settings meet Trainer's names."""
-    t = settings.training
+    """transformers' TrainingArguments (TRL's subclass of them for DPO and GRPO) for a run; the only place our
+    settings meet Trainer's names."""
+    t, objective = settings.training, settings.objective
     own = {f.name: getattr(t, f.name) for f in dataclasses.fields(t) if f.name not in TRANSLATED}
     cosine_floor = t.lr_scheduler == "cosine" and t.min_lr_ratio > 0
-    return TrainingArguments(
+    return objective.arguments_class()(
         **own,
+        **objective.arguments(t, settings.task()),
         output_dir=str(settings.run_dir),
         lr_scheduler_type="cosine_with_min_lr" if cosine_floor else t.lr_scheduler,
         lr_scheduler_kwargs={"min_lr_rate": t.min_lr_ratio} if cosine_floor else None,
@@ -232,7 +231,7 @@ def train_until_done_or_diverged(trainer: Trainer, metrics: MetricsLogger, check
     the step that produced it has changed no weight, so the last checkpoint is the last good state."""
     try:
         trainer.train(resume_from_checkpoint=checkpoint)
-    except _NonFiniteLoss as err:
+    except NonFiniteLoss as err:
         saved = RunDir(trainer.args.output_dir).checkpoints()
         last = str(saved[-1].path) if saved else None
         if trainer.args.process_index == 0:
@@ -256,9 +255,10 @@ def train_until_done_or_diverged(trainer: Trainer, metrics: MetricsLogger, check
 class MetricsLogger(TrainerCallback):
     """Appends Trainer's logs to metrics.jsonl in our schema (see the module docstring), main process only."""
 
-    def __init__(self, run: RunDir, graph_scalars=lambda model: {}):
+    def __init__(self, run: RunDir, graph_scalars=lambda model: {}, objective: Objective = OBJECTIVES["sft"]):
         self.run = run
         self.graph_scalars = graph_scalars
+        self.objective = objective
         self._started: float | None = None
         self._elapsed, self._steps = 0.0, 0
 
@@ -288,10 +288,16 @@ class MetricsLogger(TrainerCallback):
             step_time = self._elapsed / self._steps if self._steps else None
             self._elapsed, self._steps = 0.0, 0
             return {"event": "train", **head, "train_loss": logs["loss"], "learning_rate": logs.get("learning_rate"),
-                    "grad_norm": logs.get("grad_norm"), "step_time": step_time, "graph": self.graph_scalars(model)}
+                    "grad_norm": logs.get("grad_norm"), "step_time": step_time,
+                    **{ours: logs[theirs] for theirs, ours in self.objective.train_logs.items() if theirs in logs},
+                    "graph": self.graph_scalars(model)}
         if "eval_loss" in logs:
-            return {"event": "eval", **head, "val_loss": logs["eval_loss"],
-                    "val_perplexity": perplexity(logs["eval_loss"]), "graph": self.graph_scalars(model)}
+            # The objective's loss: the perplexity of next-token prediction only; DPO's loss is not one.
+            ppl = {"val_perplexity": perplexity(logs["eval_loss"])} if self.objective.name == "sft" else {}
+            return {"event": "eval", **head, "val_loss": logs["eval_loss"], **ppl,
+                    **{ours: logs[f"eval_{theirs}"] for theirs, ours in self.objective.eval_logs.items()
+                       if f"eval_{theirs}" in logs},
+                    "graph": self.graph_scalars(model)}
         if "train_runtime" in logs:
             return {"event": "end", **head, "train_runtime": logs["train_runtime"],
                     "mean_train_loss": logs.get("train_loss")}
@@ -301,89 +307,6 @@ class MetricsLogger(TrainerCallback):
 def perplexity(loss: float) -> float:
     """exp(mean token cross-entropy); infinite rather than an OverflowError for a diverged loss."""
     return math.exp(loss) if loss < math.log(torch.finfo(torch.float64).max) else math.inf
-
-
-class _NonFiniteLoss(Exception):
-    def __init__(self, step: int, loss: float):
-        super().__init__(f"non-finite loss {loss} at step {step}")
-        self.step, self.loss = step, loss
-
-
-class GuardedTrainer(Trainer):
-    """Trainer with two changes: it stops before a step whose loss is NaN/inf changes the weights, and its
-    validation loss is the token-weighted mean over the whole set.
-
-    The loss check runs after backward and before the optimizer step, so the weights (and every checkpoint)
-    stay those of the last good step; all processes agree on the verdict, so none is left waiting. Trainer's own
-    evaluation averages per-batch means, which depends on the eval batch size and the number of processes;
-    summing token losses and token counts does not, and its exp() is the perplexity. Checkpoints are Trainer's
-    own (a peft model saves its adapter, and a Sparse-GIN model's state dict is its adapter: adapter/hub.py),
-    written into the run's .partial/ and renamed into place once complete (runs/run_dir.py).
-    """
-
-    _checkpoint_root: str | None = None  # where Trainer writes the checkpoint it is saving (None: output_dir)
-
-    def _save_checkpoint(self, model, trial):
-        run = RunDir(self.args.output_dir)
-        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        if self.args.should_save:
-            run.stage(name)
-        self.accelerator.wait_for_everyone()  # the staged directory is empty before any process writes its part
-        self._checkpoint_root = str(run.staging)
-        try:
-            super()._save_checkpoint(model, trial)
-        finally:
-            self._checkpoint_root = None
-        self.accelerator.wait_for_everyone()  # every process's part (its RNG state, FSDP shards) is written
-        if self.args.should_save:
-            run.publish(name)
-            rotate_checkpoints(output_dir=str(run.path), save_total_limit=self.args.save_total_limit,
-                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
-        self.accelerator.wait_for_everyone()
-
-    def _get_output_dir(self, trial):
-        # Trainer's _save_checkpoint asks this where checkpoint-N/ goes; while we save, the staging directory.
-        return self._checkpoint_root or super()._get_output_dir(trial)
-
-    def training_step(self, model, inputs, num_items_in_batch=None):
-        loss = super().training_step(model, inputs, num_items_in_batch)
-        bad = (~torch.isfinite(loss)).to(torch.float32).reshape(1)
-        if self.args.world_size > 1:
-            bad = self.accelerator.gather(bad)
-        if bad.any():
-            raise _NonFiniteLoss(self.state.global_step + 1, loss.item())
-        return loss
-
-    def evaluation_loop(
-        self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
-    ):
-        model = self._wrap_model(self.model, training=False, dataloader=dataloader)
-        model.eval()
-        total_nll, total_tokens, num_samples = 0.0, 0, 0
-        for inputs in dataloader:
-            inputs = self._prepare_inputs(inputs)
-            with torch.no_grad(), self.compute_loss_context_manager():
-                logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
-            nll, tokens = token_nll(logits, inputs["labels"])
-            # gather_for_metrics drops the examples repeated to give every process a full last batch.
-            nll, tokens = self.accelerator.gather_for_metrics((nll, tokens))
-            total_nll += nll.sum().item()
-            total_tokens += int(tokens.sum().item())
-            num_samples += len(tokens)
-            self.control = self.callback_handler.on_prediction_step(self.args, self.state, self.control)
-        if total_tokens == 0:  # a loss of 0 would read as a perfect model
-            raise DataError(f"the {description.lower()} set has no token to score ({num_samples} examples)")
-        metrics = {f"{metric_key_prefix}_loss": total_nll / total_tokens}
-        return EvalLoopOutput(predictions=None, label_ids=None, metrics=metrics, num_samples=num_samples)
-
-
-def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per example: the summed next-token cross-entropy and the number of tokens scored (labels != -100)."""
-    targets = labels[:, 1:]  # (B, T-1): token t+1 is predicted at position t
-    nll = F.cross_entropy(
-        logits[:, :-1].float().transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none"
-    )  # (B, T-1)
-    return nll.sum(dim=1), (targets != IGNORE_INDEX).sum(dim=1)
 
 
 def check_run_dir(settings: RunSettings, run: RunDir, resume: bool, overwrite: bool) -> Checkpoint | None:

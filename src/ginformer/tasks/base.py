@@ -92,6 +92,8 @@ class Task(ABC):
     settings_class: ClassVar[type]
     # The model sides it serves: "scratch" (a model trained from scratch) and/or "pretrained" (a frozen base).
     model_sides: ClassVar[frozenset[str]] = frozenset({"scratch", "pretrained"})
+    # The training objectives it has data for (runs/objectives.py): "sft" (next-token loss), "dpo", "grpo".
+    objectives: ClassVar[frozenset[str]] = frozenset({"sft"})
     columns: ClassVar[tuple[Column, ...]] = ()
     # `evaluate` options the task reads, among "generate" and "max_new_tokens"; others are refused.
     evaluate_options: ClassVar[frozenset[str]] = frozenset()

@@ -21,8 +21,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import ClassVar, Literal, Mapping, Sequence
+from typing import Callable, ClassVar, Literal, Mapping, Sequence
 
+from datasets import Dataset
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
@@ -37,8 +38,11 @@ from ginformer.data.instruct import (
     Template,
     encode_generation_prompt,
     load_instruct,
+    rejected_example,
     split_examples,
     tokenize_example,
+    trl_completion,
+    trl_prompt,
     truncate_left,
 )
 from ginformer.data.reasoning import (
@@ -65,7 +69,7 @@ class InstructSettings:
     source: str = "bundled"  # a .jsonl/.json/.parquet file or a hub id; "bundled": a preset's data/gsm8k, data/folio
     hub_config: str | None = None  # the hub dataset's config name (openai/gsm8k needs "main")
     hub_split: str = "train"  # the hub split to read (the validation split is cut from it)
-    format: Literal["auto", "text", "prompt_completion", "messages"] = "auto"  # auto: read off the columns
+    format: Literal["auto", "text", "prompt_completion", "messages", "preference"] = "auto"  # auto: from the columns
     columns: dict[str, str] = field(default_factory=dict)  # our name -> yours, e.g. {prompt: question}
     # "chat": the tokenizer's chat template; "paper": ### User: ...<|eot_id|>### Assistant: ...<|eot_id|>.
     # None: chat for conversations (messages, conversational prompt/completion), paper for plain strings.
@@ -94,6 +98,7 @@ class InstructTask(Task):
     name = "instruct"
     settings_class = InstructSettings
     model_sides = frozenset({"pretrained"})  # a from-scratch model would first have to learn the language
+    objectives = frozenset({"sft", "dpo"})  # DPO on preference rows; GRPO needs a reward, which the presets have
     evaluate_options = frozenset({"generate", "max_new_tokens"})
     conversational: ClassVar[bool] = True
     default_max_new_tokens: ClassVar[int] = 256  # when `evaluate` is not told
@@ -177,6 +182,62 @@ class InstructTask(Task):
         longest = max(len(f["input_ids"]) for f in train_features + val_features)
         return Splits(train_features, val_features, longest)
 
+    def preference_splits(self, tokenizer: PreTrainedTokenizerBase) -> Splits:
+        """DPO's rows, {prompt, chosen, rejected} in TRL's shapes (data/instruct.py: trl_prompt), from preference
+        rows whose chosen and rejected renderings both fit data.max_length."""
+        if self.data.format != "preference":
+            raise DataError(f"{self.settings.source}: training.method=dpo needs preference rows (prompt, chosen, "
+                            f"rejected), but these are {self.data.format} rows")
+        template = self.template
+
+        def row(example: InstructExample) -> dict:
+            return {"prompt": trl_prompt(example, template, tokenizer),
+                    "chosen": trl_completion(example.messages[-1:], template),
+                    "rejected": trl_completion(example.rejected, template)}
+
+        def length(example: InstructExample) -> int:
+            return max(len(tokenize_example(e, tokenizer, template)["input_ids"])
+                       for e in (example, rejected_example(example)))
+
+        return self.trl_splits(row, length)
+
+    def prompt_splits(self, tokenizer: PreTrainedTokenizerBase, completion_length: int) -> Splits:
+        """GRPO's rows, {prompt, reference} (the prompt in TRL's shape, the reference the reward scores against),
+        from rows whose prompt and `completion_length` new tokens fit data.max_length."""
+        template = self.template
+        return self.trl_splits(
+            lambda e: {"prompt": trl_prompt(e, template, tokenizer), "reference": e.reference},
+            lambda e: len(encode_generation_prompt(e, tokenizer, template)) + completion_length)
+
+    def trl_splits(self, row: Callable[[InstructExample], dict], length: Callable[[InstructExample], int]) -> Splits:
+        """Train and validation rows for TRL's trainers, which tokenize rows themselves: the first
+        max_train_examples and max_val_examples rows whose `length` fits data.max_length, as `row` shapes them."""
+        s = self.settings
+        parts, longest, dropped = [], 0, 0
+        for examples, limit in zip(self.splits(), (s.max_train_examples, s.max_val_examples)):
+            rows = []
+            for example in examples:
+                if limit is not None and len(rows) == limit:
+                    break
+                tokens = length(example)
+                if tokens > s.max_length:
+                    dropped += 1
+                    continue
+                rows.append(row(example))
+                longest = max(longest, tokens)
+            parts.append(rows)
+        if dropped:
+            warnings.warn(f"{s.task}: dropped {dropped} rows longer than data.max_length={s.max_length} tokens",
+                          stacklevel=2)
+        if not all(parts):
+            raise DataError(f"{s.task} ({s.source}): {len(parts[0])} training and {len(parts[1])} validation rows "
+                            f"fit data.max_length={s.max_length}; both need at least one")
+        return Splits(Dataset.from_list(parts[0]), Dataset.from_list(parts[1]), longest)
+
+    def reward(self, completions: list[str], references: list[str]) -> list[float]:
+        """GRPO's reward of each completion (text, cut at the template's end marker) against its reference."""
+        raise ConfigError(f"task '{self.name}' has no reward for GRPO")  # refused with the config first
+
     def held_out(self, tokenizer: PreTrainedTokenizerBase, data: Path | None, limit: int | None) -> HeldOut:
         s = self.settings
         train, val = self.splits()
@@ -248,6 +309,7 @@ class _Preset(InstructTask):
     """An instruction set with its own reader, its bundled copy and its metrics; plain strings, paper template."""
 
     default_generations = None
+    objectives = frozenset({"sft", "grpo"})  # their rows have no rejected answers: DPO reads preference rows
 
     def check_model_side(self, side: str) -> None:
         Task.check_model_side(self, side)
@@ -276,6 +338,11 @@ class GSM8KTask(_Preset):
     def score_answers(self, completions, rows, train) -> Scores:
         return score_gsm8k(completions, [e.reference for e in rows], [e.reference for e in train])
 
+    def reward(self, completions: list[str], references: list[str]) -> list[float]:
+        """1 where the answer's last number is the reference (the flexible match: an answer need not learn the
+        ``#### N`` form first to earn it), else 0."""
+        return [float(gsm8k_extract_flexible(c) == r) for c, r in zip(completions, references)]
+
 
 class FolioTask(_Preset):
     name = "folio"
@@ -289,6 +356,10 @@ class FolioTask(_Preset):
     def score_answers(self, completions, rows, train) -> Scores:
         label, _ = majority_baseline(train, rows)
         return score_folio(completions, [e.reference for e in rows], label)
+
+    def reward(self, completions: list[str], references: list[str]) -> list[float]:
+        """1 where the answer's first label is the reference's, else 0."""
+        return [float(extract_label(c) == r) for c, r in zip(completions, references)]
 
 
 def score_gsm8k(completions: list[str], references: list[str], train_references: list[str]) -> Scores:
