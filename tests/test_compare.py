@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 import ginformer.runs.compare
+import ginformer.runs.evaluate
 from ginformer.cli import main
 from ginformer.data.tokenizer import build_protein_tokenizer
 from ginformer.runs.compare import DEMO_CONFIG, pending_runs, run_comparison
@@ -165,11 +166,18 @@ def read_csv(path: Path) -> list[dict]:
 
 
 @pytest.mark.slow  # tens of seconds on 2 cores: runs in CI (make test-all)
+def refuse_to_reread(path):
+    raise AssertionError(f"{path} was read again")
+
+
 def test_compare_end_to_end_writes_summary_and_figures_then_reuses_finished_runs(tmp_path, monkeypatch, capsys):
     config_path = tmp_path / "compare.yaml"
     config_path.write_text(yaml.safe_dump(tiny_config(tmp_path / "runs")))
-    # --only trains one run (processes can share an accelerator); the summary waits for the others.
-    assert main(["compare", "--config", str(config_path), "--only", "gin_half/seed3"]) == 0
+    # --only trains one run (processes can share an accelerator); the summary waits for the others. It is
+    # evaluated with the settings compare trained it with, not read back from its config file.
+    with monkeypatch.context() as patch:
+        patch.setattr(ginformer.runs.evaluate, "load_run_settings", refuse_to_reread)
+        assert main(["compare", "--config", str(config_path), "--only", "gin_half/seed3"]) == 0
     assert "3 run(s) still to train (gin_half/seed4, gin_two/seed3, gin_two/seed4)" in capsys.readouterr().out
     root = tmp_path / "runs" / "tiny_compare"
     assert (root / "gin_half" / "seed3" / "eval_val.json").is_file() and not (root / "gin_two").exists()

@@ -152,7 +152,7 @@ def _train_and_evaluate(settings: CompareSettings, runs: Sequence[Run], stage: s
             checkpoint = bool(run_dir.checkpoints())
             train(run.settings, resume=checkpoint, overwrite=run_dir.holds_files() and not checkpoint)
         if not run_dir.has_evaluation(VAL):
-            evaluate_run(run_dir.path, **settings.evaluate.options())
+            evaluate_run(run_dir.path, settings=run.settings, **settings.evaluate.options())
 
 
 def pending_runs(settings: CompareSettings) -> list[str]:

@@ -94,12 +94,14 @@ def evaluate_run(
     max_new_tokens: int | None = None,
     batch_size: int | None = None,
     write: bool = True,
+    settings: RunSettings | None = None,
 ) -> Evaluation:
     """Evaluate the final model of a run on its validation split (``data=None``) or on a file in its format.
 
     ``limit``: rows scored (default: the run's validation subset; every row of a file). ``generate``: how many
     of those a generation-scored task generates for (default all; 0: none); ``max_new_tokens`` caps each
-    answer. ``batch_size`` defaults to the run's evaluation batch size.
+    answer. ``batch_size`` defaults to the run's evaluation batch size. ``settings``: the finished run's, where
+    the caller holds them already (compare, which just trained it), instead of read again from its config file.
     """
     run_dir = Path(run_dir)
     for name, value in (("limit", limit), ("generate", generate), ("max_new_tokens", max_new_tokens),
@@ -115,7 +117,7 @@ def evaluate_run(
                                  "own validation evaluation (which comparisons read): rename the file")
     if write:
         check_output_file(RunDir(run_dir).evaluation(VAL if data is None else Path(data).stem), "the evaluation file")
-    settings = finished_run_settings(run_dir)
+    settings = settings or finished_run_settings(run_dir)
     task = settings.task()
     check_options(task, generate=generate, max_new_tokens=max_new_tokens)
     model, tokenizer = settings.side.load(run_dir, settings.model)
