@@ -146,13 +146,33 @@ def test_document_split_keeps_documents_whole_and_apart(kind, tokenizer, request
     assert corpus.val.characters == sum(map(len, val_docs)) + len(val_docs) - 1
 
 
-def test_document_split_depends_on_the_seed_only(jsonl):
-    def val_of(seed):
-        corpus = tokenize_corpus(jsonl, tokenizer="byte", split="document", val_fraction=0.2, split_seed=seed)
-        return _decode(corpus, corpus.val.ids)
+def _document_oracle(docs, val_fraction, seed):
+    """(train, val) documents as tokenize_corpus documents the rule: the non-empty ones shuffled with
+    random.Random(seed) go to val in that order until it holds val_fraction of the characters, the last one
+    always trains; both sides keep the source order. Pins which documents a seed validates on."""
+    docs = [d for d in docs if d]
+    order = list(range(len(docs)))
+    random.Random(seed).shuffle(order)
+    val: set[int] = set()
+    for i in order[:-1]:
+        if sum(len(docs[j]) for j in val) >= val_fraction * sum(map(len, docs)):
+            break
+        val.add(i)
+    return [d for i, d in enumerate(docs) if i not in val], [d for i, d in enumerate(docs) if i in val]
 
-    assert val_of(7) == val_of(7)
-    assert len({val_of(seed) for seed in range(8)}) > 1
+
+@pytest.mark.parametrize("kind", ["folder", "jsonl"])
+def test_document_split_is_the_seeded_shuffle_and_depends_on_the_seed_only(kind, request):
+    source = request.getfixturevalue(kind)
+
+    def sides(seed):
+        corpus = tokenize_corpus(source, tokenizer="byte", split="document", val_fraction=0.2, split_seed=seed)
+        return _decode(corpus, corpus.train.ids), _decode(corpus, corpus.val.ids)
+
+    for seed in range(8):
+        train, val = _document_oracle(DOCS, 0.2, seed)
+        assert sides(seed) == ("<|endoftext|>".join(train), "<|endoftext|>".join(val))
+    assert len({sides(seed) for seed in range(8)}) > 1
 
 
 def test_a_single_file_is_exactly_its_characters_ids(tmp_path):
