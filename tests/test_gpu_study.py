@@ -2,6 +2,7 @@
 settings, each leaving an archive that holds the comparison's summary and every run's metrics. (The finetune
 part loads SmolLM2 in five processes, minutes on 2 cores; it is run by hand, see studies/gpu/README.md.)"""
 
+import json
 import os
 import subprocess
 import sys
@@ -9,6 +10,9 @@ import tarfile
 from pathlib import Path
 
 import pytest
+
+from test_kernels_sparse_gin import CASES
+from test_modeling import GENERATION_CASES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,3 +39,27 @@ def test_the_dry_run_writes_one_archive_per_part(tmp_path):
         assert "bench/attention_step.txt" in archive.getnames()
     # One archive per part and the log, nothing else: each run's log lies inside its part's archive.
     assert sorted(path.name for path in out.iterdir()) == ["bench.tar.gz", "protein.tar.gz", "study.log", "text.tar.gz"]
+
+
+@pytest.mark.slow  # every kernel case in two dtypes and 33 greedy generations: ~20 s on 2 cores
+def test_the_correctness_part_judges_every_check_against_its_oracle(tmp_path):
+    """On CPU the model's path is the blockwise torch one; on a GPU the same records hold the Triton kernels'."""
+    result = subprocess.run([sys.executable, str(ROOT / "studies" / "gpu" / "correctness.py"), str(tmp_path),
+                             "--long", "96"], capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    records = json.loads((tmp_path / "correctness.json").read_text())
+    kernels = {(r["case"], r["path"], r["dtype"], r["quantity"], r["q_len"]) for r in records if r["check"] == "kernels"}
+    assert len(kernels) == len([r for r in records if r["check"] == "kernels"])  # no check twice
+    assert {case for case, *_ in kernels} == set(CASES)
+    assert {(path, dtype) for _, path, dtype, *_ in kernels} == {
+        (path, dtype) for path in ("model", "torch_blockwise") for dtype in ("fp32", "bf16")}
+    assert {("causal", 96), ("padded_bool", 96), ("causal", 37)} <= {(case, q_len) for case, *_, q_len in kernels}
+    generation = {(r["case"], r["path"]) for r in records if r["check"] == "generation"}
+    assert {case for case, _ in generation} == {f"{k}/{o}" for k, o in GENERATION_CASES} | {"sparse_gin/llama"}
+    assert {path for _, path in generation} == {"default_cache", "static_cache", "device_vs_cpu"}
+    judged = [r for r in records if r["passed"] is not None]
+    assert all(r["passed"] and r["error"] <= r["tolerance"] for r in judged)
+    # Only bf16's α/τ gradients go unjudged; every fp32 quantity is judged.
+    assert {(r["dtype"], r["quantity"]) for r in records if r["passed"] is None} == {("bf16", "grad_sharpening")}
+    assert f"{len(judged)} of {len(judged)} checks passed" in result.stdout

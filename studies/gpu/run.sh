@@ -4,9 +4,13 @@
 #   SMOKE=1 bash studies/gpu/run.sh          # here: every part with tiny settings, on the local .venv
 #   bash studies/gpu/run.sh                  # on the GPU machine, after studies/gpu/prepare.sh and stage.sh (README.md)
 #
-# Parts, in this order (PARTS="protein text finetune bench" to choose), each with a time limit in seconds that the
-# environment may change; the estimates are sized from the H200's ~790 TFLOP/s bf16 and from per-step overheads,
-# not measured yet:
+# Parts, in this order (PARTS="correctness protein text finetune bench" to choose), each with a time limit in
+# seconds that the environment may change; the estimates are sized from the H200's ~790 TFLOP/s bf16 and from
+# per-step overheads, not measured yet:
+#   correctness studies/gpu/correctness.py: the Triton kernels and the blockwise torch path against the dense
+#             adjacency (values, gradients; fp32, bf16; 37 and 4,096 tokens), cached = uncached generation (default
+#             and static cache) for every GIN/PNA option and an adapted Llama, device = CPU logits: ~60 s
+#                                                                                                CORRECTNESS_S=120
 #   protein   configs/protein_compare_gpu.yaml: paper shape (~25 M), reference vs best GIN vs PNA, 3 seeds, 9
 #             epochs of the bundled subset (~123 steps, 6·25M·33k tokens ≈ 5 TFLOP a run): 9 processes at once,
 #             bound by per-step overhead: ~60 s                                                  PROTEIN_S=90
@@ -25,7 +29,7 @@ cd "$(dirname "$0")/../.."
 ROOT=$PWD
 SMOKE=${SMOKE:-0}
 OUT=${OUT:-$ROOT/runs/gpu_study_out}
-PARTS=${PARTS:-protein text finetune bench}
+PARTS=${PARTS:-correctness protein text finetune bench}
 RUNS=${RUNS:-$ROOT/runs/gpu_study}
 mkdir -p "$OUT" "$RUNS"
 LOG=$OUT/study.log
@@ -105,13 +109,19 @@ if [[ $SMOKE == 1 ]]; then
               --set data.max_val_examples=4 --set evaluate.generate=1 --set evaluate.max_new_tokens=4
               --set training.per_device_train_batch_size=2 --set training.per_device_eval_batch_size=2)
     BENCH=(--lengths 64 --tokens 128 --repeats 1)
+    CORRECTNESS=(--long 96)
 else
-    PROTEIN=() TEXT=() FINETUNE=() BENCH=()
+    PROTEIN=() TEXT=() FINETUNE=() BENCH=() CORRECTNESS=()
 fi
 
 for part in $PARTS; do
     started=$SECONDS
     case $part in
+        correctness)
+            mkdir -p "$RUNS/correctness"
+            timeout "${LIMIT:-${CORRECTNESS_S:-120}}" $PY studies/gpu/correctness.py "$RUNS/correctness" \
+                "${CORRECTNESS[@]}" >> "$LOG" 2>&1 || say "correctness: a check failed or the part stopped"
+            archive correctness correctness ;;
         protein)
             compare protein configs/protein_compare_gpu.yaml "${LIMIT:-${PROTEIN_S:-90}}" "${PROTEIN[@]}"
             archive protein protein_compare_gpu ;;
@@ -130,7 +140,7 @@ for part in $PARTS; do
                 OUT=$RUNS/bench PYTHON=$PY timeout "${BENCH_S:-30}" bash bench/run_all.sh >> "$LOG" 2>&1
             fi || say "bench: stopped early"
             archive bench bench ;;
-        *) say "unknown part $part (known: protein text finetune bench)" ;;
+        *) say "unknown part $part (known: correctness protein text finetune bench)" ;;
     esac
     say "$part: $((SECONDS - started)) s"
 done
