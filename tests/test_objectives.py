@@ -16,6 +16,7 @@ from ginformer.data.instruct import load_instruct, tokenize_example
 from ginformer.errors import ConfigError, DataError
 from ginformer.runs.compare import run_comparison
 from ginformer.runs.compare_config import BASELINE, compare_settings_from_dict
+from ginformer.runs.summary import run_summary
 from ginformer.runs.config import load_run_settings
 from ginformer.runs.train import train
 from ginformer.tasks.instruct import GSM8KTask
@@ -169,6 +170,7 @@ def test_grpo_comparison_reports_rewards_and_the_base_in_its_own_terms(tmp_path,
     figures = {p.name for p in (root / "figures").glob("*.png")}
     assert {"reward.png", "val_reward.png", "train_loss.png"} <= figures
     assert "min_val_perplexity.png" not in figures  # GRPO's loss has no perplexity
+    assert "generalisation_gap.png" not in figures  # nor a gap: its losses on the two splits do not compare
     assert read_metrics(root / BASELINE)[0]["objective"] == "sft"
 
 
@@ -217,3 +219,17 @@ def test_preference_rows_in_both_of_trls_shapes_and_bad_ones_named(tmp_path):
     plain, chat = data.examples
     assert plain.answer == "4" and [m.content for m in plain.rejected] == ["5"] and plain.prompt[0].content == "2+2?"
     assert chat.answer == "6" and chat.rejected[0].content == "7" and chat.rejected[0].trained
+
+
+@pytest.mark.parametrize("objective, perplexity, gap", [("sft", True, True), ("dpo", False, True),
+                                                         ("grpo", False, False)])
+def test_a_summary_reports_perplexity_and_gap_only_where_the_loss_means_them(objective, perplexity, gap):
+    events = [{"event": "start", "step": 0, "parameters": 10, "objective": objective},
+              {"event": "train", "step": 1, "train_loss": 0.5},
+              {"event": "eval", "step": 1, "val_loss": 0.7, "val_perplexity": math.exp(0.7)}]
+    run = run_summary("v", 0, events, {"scores": {}})
+    assert (run.min_val_perplexity is not None) == perplexity
+    if gap:
+        assert run.gap == pytest.approx(0.2) and run.ratio == pytest.approx(0.5 / 0.7)
+    else:
+        assert run.gap is None and run.ratio is None

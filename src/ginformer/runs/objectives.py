@@ -38,6 +38,10 @@ class Objective:
     options: ClassVar[Mapping[str, Any]] = {}  # training keys the objective reads, and their defaults
     train_logs: ClassVar[Mapping[str, str]] = {}  # TRL's log key -> our train event's key
     eval_logs: ClassVar[Mapping[str, str]] = {}  # TRL's eval log key (without "eval_") -> our eval event's key
+    cross_entropy: ClassVar[bool] = False  # the loss is next-token cross-entropy: exp() of it is a perplexity
+    # The loss estimates one quantity on either split, so val − train is a generalisation gap; GRPO's is a
+    # surrogate weighted by each batch's own advantages, and its values on two splits do not compare.
+    comparable_across_splits: ClassVar[bool] = True
 
     def check(self, task: Task, side: str, training) -> None:
         """Refuse settings this objective cannot train, before anything is loaded."""
@@ -75,6 +79,7 @@ class Objective:
 
 class SFT(Objective):
     name = "sft"
+    cross_entropy = True
 
 
 class DPO(Objective):
@@ -108,6 +113,7 @@ class GRPO(Objective):
     name = "grpo"
     needs = " (GRPO needs a reward: data.task=gsm8k or folio)"
     peft_route = True
+    comparable_across_splits = False
     # beta: the KL term to the reference; TRL's default 0 drops the reference, 0.04 keeps the base as one.
     # max_completion_length None: the task's default_max_new_tokens.
     options = {"beta": 0.04, "num_generations": 4, "max_completion_length": None}

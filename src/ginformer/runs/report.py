@@ -256,9 +256,10 @@ def write_figures(settings: CompareSettings, results: Results, task_columns) -> 
                                  title="Minimum validation perplexity (bar: mean, line: ± std, dots: seeds)")
     paths += run_figures.plot_bars({v: [r.min_train_loss for r in g] for v, g in groups.items()},
                              "minimum training loss", out / "min_train_loss", fmt=".4f", title="Minimum training loss")
-    paths += run_figures.plot_generalisation_gap({v: [r.min_train_loss for r in g] for v, g in groups.items()},
-                                           {v: [r.min_val_loss for r in g] for v, g in groups.items()},
-                                           out / "generalisation_gap")
+    if all(r.gap is not None for r in runs):  # GRPO's losses on the two splits do not compare
+        paths += run_figures.plot_generalisation_gap({v: [r.min_train_loss for r in g] for v, g in groups.items()},
+                                                     {v: [r.min_val_loss for r in g] for v, g in groups.items()},
+                                                     out / "generalisation_gap")
     for column in task_columns:
         scored = {v: [r.scores[column.key] for r in g] for v, g in groups.items() if column.key in g[0].scores}
         if column.figure and scored:

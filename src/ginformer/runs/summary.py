@@ -7,7 +7,8 @@ Per-run numbers (`run_summary`):
                                  the mean reward of the sampled completions over the last half of training, and
                                  on the validation prompts at the last evaluation
     min train loss               lowest logged training loss (each is a mean over `logging_steps` steps)
-    gap, train/val               min val loss − min train loss, and min train loss / min val loss (Fig. 7)
+    gap, train/val               min val loss − min train loss, and min train loss / min val loss (Fig. 7); none
+                                 for GRPO, whose loss on the two splits does not compare
     the task's metrics           of the final model on the validation split (tasks/: Task.columns)
     FLOPs / token, s / step      the training cost of a token (sizing.py); mean seconds per optimizer step
     wall time                    Trainer's train_runtime
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from ginformer.errors import ConfigError
+from ginformer.runs.objectives import OBJECTIVES
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,8 @@ def run_summary(
         )
     best = min(evals, key=lambda e: e["val_loss"])
     last = max(evals, key=lambda e: e["step"])
-    cross_entropy = start.get("objective", "sft") == "sft"
+    objective = OBJECTIVES[start.get("objective", "sft")]
+    cross_entropy = objective.cross_entropy
     steps = max(e["step"] for e in metrics)
     late_rewards = [e["reward"] for e in trains if "reward" in e and e["step"] > steps / 2]
     min_train = min(e["train_loss"] for e in trains) if trains else None
@@ -98,8 +101,8 @@ def run_summary(
         min_val_loss=best["val_loss"],
         min_train_loss=min_train,
         final_train_loss=max(trains, key=lambda e: e["step"])["train_loss"] if trains else None,
-        gap=None if min_train is None else best["val_loss"] - min_train,
-        ratio=None if min_train is None else min_train / best["val_loss"],
+        gap=None if min_train is None or not objective.comparable_across_splits else best["val_loss"] - min_train,
+        ratio=None if min_train is None or not objective.comparable_across_splits else min_train / best["val_loss"],
         step_time_s=statistics.fmean(step_times) if step_times else None,
         wall_time_s=sum(ends) if ends else None,
         scores=dict(evaluation["scores"]),
