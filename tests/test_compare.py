@@ -165,11 +165,11 @@ def read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-@pytest.mark.slow  # tens of seconds on 2 cores: runs in CI (make test-all)
 def refuse_to_reread(path):
     raise AssertionError(f"{path} was read again")
 
 
+@pytest.mark.slow  # tens of seconds on 2 cores: runs in CI (make test-all)
 def test_compare_end_to_end_writes_summary_and_figures_then_reuses_finished_runs(tmp_path, monkeypatch, capsys):
     config_path = tmp_path / "compare.yaml"
     config_path.write_text(yaml.safe_dump(tiny_config(tmp_path / "runs")))

@@ -128,8 +128,9 @@ def main() -> int:
     parser.add_argument("--long", type=int, default=4096, help="the long length of the kernel checks")
     args = parser.parse_args()
     records = kernel_records(args.long) + generation_records()
+    device = torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu"
     for record in records:
-        record["device"] = torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu"
+        record["device"] = device
         record["passed"] = None if record["tolerance"] is None else record["error"] <= record["tolerance"]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "correctness.json").write_text(json.dumps(records, indent=1))
@@ -138,7 +139,7 @@ def main() -> int:
     for record in failed:
         print(f"FAILED {record['check']} {record['case']} {record['path']} {record['quantity']} {record['dtype']}: "
               f"error {record['error']:.3g} > {record['tolerance']:.0e}")
-    print(f"correctness on {records[0]['device']}: {len(judged) - len(failed)} of {len(judged)} checks passed "
+    print(f"correctness on {device}: {len(judged) - len(failed)} of {len(judged)} checks passed "
           f"({len(records) - len(judged)} recorded only)")
     return 1 if failed else 0
 

@@ -78,10 +78,10 @@ def run_summary(
     best = min(evals, key=lambda e: e["val_loss"])
     last = max(evals, key=lambda e: e["step"])
     objective = OBJECTIVES[start.get("objective", "sft")]
-    cross_entropy = objective.cross_entropy
     steps = max(e["step"] for e in metrics)
     late_rewards = [e["reward"] for e in trains if "reward" in e and e["step"] > steps / 2]
     min_train = min(e["train_loss"] for e in trains) if trains else None
+    has_gap = min_train is not None and objective.comparable_across_splits
     step_times = [e["step_time"] for e in trains if e.get("step_time") is not None]
     ends = [e["train_runtime"] for e in metrics if e["event"] == "end"]
     graph: dict[str, dict[int, list]] = {}
@@ -95,14 +95,14 @@ def run_summary(
         parameters=start["parameters"],
         hidden_size=start.get("hidden_size"),
         steps=steps,
-        min_val_perplexity=math.exp(best["val_loss"]) if cross_entropy else None,
-        final_val_perplexity=last["val_perplexity"] if cross_entropy else None,
+        min_val_perplexity=math.exp(best["val_loss"]) if objective.cross_entropy else None,
+        final_val_perplexity=last["val_perplexity"] if objective.cross_entropy else None,
         best_step=best["step"],
         min_val_loss=best["val_loss"],
         min_train_loss=min_train,
         final_train_loss=max(trains, key=lambda e: e["step"])["train_loss"] if trains else None,
-        gap=None if min_train is None or not objective.comparable_across_splits else best["val_loss"] - min_train,
-        ratio=None if min_train is None or not objective.comparable_across_splits else min_train / best["val_loss"],
+        gap=best["val_loss"] - min_train if has_gap else None,
+        ratio=min_train / best["val_loss"] if has_gap else None,
         step_time_s=statistics.fmean(step_times) if step_times else None,
         wall_time_s=sum(ends) if ends else None,
         scores=dict(evaluation["scores"]),
